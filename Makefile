@@ -1,0 +1,33 @@
+# The README's two set-up commands are `make demo` and `make test`; both install what they need first.
+# `make test` is exactly what CI (.ci/run) runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# Offline by design: W&B writes files locally, Hugging Face never reaches the hub, DeepSpeed's JIT ops are
+# cached inside the clone.
+export WANDB_MODE := offline
+export HF_HUB_OFFLINE := 1
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
+
+.PHONY: install test demo lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest
+
+demo: install
+	$(VENV)/bin/rest-demo
+
+lint: install
+	$(VENV)/bin/ruff check rest_lightning data_prep eval tests benchmarks
+
+clean:
+	rm -rf demo_out .pytest_cache .ruff_cache

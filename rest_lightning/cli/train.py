@@ -1,0 +1,34 @@
+"""``rest-train experiment=NAME [key=value ...]``: train one REST stage."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from omegaconf import DictConfig
+
+from rest_lightning.checkpoint import CheckpointMismatchError
+from rest_lightning.cli.common import run_cli
+
+log = logging.getLogger(__name__)
+
+SUMMARY = ("Train a REST stage (VAE, teacher, ASD student) with Lightning. Outputs go to "
+           "runs/<experiment>/<timestamp>/ (or run_dir=...): config.yaml, checkpoints/, logs/, wandb/.")
+GROUPS = ("experiment", "data", "stage", "trainer", "strategy", "logger", "cluster")
+
+
+def _train(cfg: DictConfig) -> None:
+    from rest_lightning.training import train
+
+    result = train(cfg)
+    log.info("done: step %d, run directory %s, last checkpoint %s",
+             result.global_step, result.run_dir, result.last_checkpoint)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("rest-train", "train", SUMMARY, _train, argv, GROUPS, extra_errors=(CheckpointMismatchError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

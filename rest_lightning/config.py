@@ -1,0 +1,244 @@
+"""Composing and validating the Hydra configs under ``conf/``.
+
+Every entry point composes its root config (``conf/<entry>.yaml``) through :func:`compose`, which
+registers the typed schemas below, turns Hydra/OmegaConf failures into :class:`ConfigError` with the
+key and the allowed values, and runs the cross-field checks of :func:`validate_train_config`. A bad
+config therefore fails before any model or process group is built, with a message instead of a
+traceback (the CLI prints ``ConfigError`` and exits with status 2).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR_ENV = "REST_CONF_DIR"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: the message names the key, what arrived and what is allowed."""
+
+
+def conf_dir() -> Path:
+    """The ``conf/`` tree: ``$REST_CONF_DIR`` if set, else the one beside the installed package."""
+    env = os.environ.get(CONF_DIR_ENV)
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "conf"
+    if not (path / "train.yaml").is_file():
+        raise ConfigError(
+            f"config tree not found at {path} (no train.yaml). Install rest-lightning editable from its "
+            f"repository (`make install`) or point {CONF_DIR_ENV} at the repository's conf/ folder."
+        )
+    return path
+
+
+def list_options(group: str) -> list[str]:
+    """Names of the YAML files in ``conf/<group>/`` (the values ``group=NAME`` accepts), sorted."""
+    folder = conf_dir() / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+# --- typed schemas (Hydra checks types and unknown keys against these at compose time) -------------
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments of ``lightning.Trainer`` that configs may set; anything else is refused as unknown."""
+
+    accelerator: str = "auto"
+    devices: Any = "auto"  # int, list of ids, or "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    max_steps: int = -1
+    max_epochs: int | None = None
+    val_check_interval: Any = None  # int (steps) or float (fraction of an epoch); None = once per epoch
+    check_val_every_n_epoch: int | None = 1
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    num_sanity_val_steps: int = 0
+    log_every_n_steps: int = 50
+    gradient_clip_val: float | None = None
+    accumulate_grad_batches: int = 1
+    deterministic: Any = False  # True, False or "warn"
+    benchmark: bool | None = None
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_steps: int = 1000  # design choice: a few minutes of work on a GPU node is the most a crash loses
+    keep_last: int = 3  # step checkpoints kept besides last.ckpt (-1 keeps all)
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "wandb"  # wandb | csv | none
+    project: str = "rest"
+    entity: str | None = None
+    tags: list[str] = field(default_factory=list)
+    log_model: bool = False
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "auto"  # auto | ddp | ddp_spawn | deepspeed | fsdp
+    zero_stage: int | None = None  # DeepSpeed ZeRO stage (2 or 3)
+    offload_optimizer: bool = False
+    offload_parameters: bool = False
+    find_unused_parameters: bool = False
+    sharding_strategy: str = "FULL_SHARD"  # FSDP
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class ClusterConfig:
+    kind: str = "local"  # local | slurm
+    submit: bool = True
+    partition: str | None = None
+    account: str | None = None
+    time: str = "24:00:00"
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 8
+    mem: str = "0"
+    extra_sbatch: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)  # shell lines run in the sbatch script before srun
+
+
+@dataclass
+class TrainConfig:
+    """Root schema of ``conf/train.yaml`` (``rest-train``)."""
+
+    name: str = "default"  # experiment name: runs/<name>/<timestamp>/
+    seed: int = 0
+    run_dir: str | None = None  # fixed run directory; relaunching with the same one continues it
+    runs_root: str = "runs"
+    resume: str = "auto"  # auto (newest checkpoint in run_dir) | never | PATH to a checkpoint of this run
+    init_from: str | None = None  # weights only, from a file a user hands in (weights_only / safetensors)
+    init_from_strict: bool = True
+    init_from_key_map: dict[str, str] = field(default_factory=dict)  # source prefix -> target prefix
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    data: Any = None
+    model: Any = None
+    stage: Any = None
+
+
+_SCHEMAS: dict[str, type] = {"train_schema": TrainConfig}
+
+RESUME_MODES = ("auto", "never")
+LOGGER_KINDS = ("wandb", "csv", "none")
+STRATEGY_NAMES = ("auto", "ddp", "ddp_spawn", "deepspeed", "fsdp")
+CLUSTER_KINDS = ("local", "slurm")
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
+
+
+def _register_schemas() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name, node in _SCHEMAS.items():
+        store.store(name=name, node=node)
+
+
+def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with Hydra ``key=value`` overrides.
+
+    Raises:
+        ConfigError: unknown group option (the message lists the allowed ones), unknown key, wrong
+            type, or a malformed override.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    _register_schemas()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_hydra_message(err)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def _hydra_message(err: BaseException) -> str:
+    """Hydra's own message plus its cause (where the useful part, e.g. the bad key, often lives)."""
+    # Hydra appends its search path to "Could not find ..." messages: noise for a user.
+    parts = [str(err).split("\nConfig search path:")[0].strip()]
+    cause = err.__cause__ or err.__context__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in parts[0]:
+        parts.append(str(cause).strip())
+    return "\n".join(parts)
+
+
+def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+
+
+def stage_class(cfg: DictConfig) -> type:
+    """The LightningModule class that ``stage._target_`` names (imported, not instantiated)."""
+    from hydra.utils import get_class
+
+    target = OmegaConf.select(cfg, "stage._target_")
+    if not target:
+        raise ConfigError(
+            "no stage configured: pick an experiment, e.g. `rest-train experiment=tiny_wiring` "
+            f"(available: {', '.join(list_options('experiment'))})"
+        )
+    try:
+        return get_class(target)
+    except Exception as err:  # Hydra raises ImportError wrapped in its own type
+        raise ConfigError(f"stage._target_={target!r} cannot be imported: {err}") from None
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Cross-field checks Hydra's schema cannot express. Raises ConfigError naming the key."""
+    resume = cfg.resume
+    if resume not in RESUME_MODES and not Path(resume).expanduser().is_file():
+        raise ConfigError(
+            f"resume={resume!r} is neither one of {', '.join(RESUME_MODES)} nor an existing checkpoint file"
+        )
+    if cfg.init_from is not None and not Path(cfg.init_from).expanduser().exists():
+        raise ConfigError(f"init_from={cfg.init_from!r} does not exist")
+    _choice(cfg, "logger.kind", LOGGER_KINDS)
+    _choice(cfg, "strategy.name", STRATEGY_NAMES)
+    _choice(cfg, "cluster.kind", CLUSTER_KINDS)
+    _choice(cfg, "trainer.precision", PRECISIONS)
+    if cfg.trainer.max_steps == -1 and cfg.trainer.max_epochs is None:
+        raise ConfigError("set trainer.max_steps (or trainer.max_epochs): the run would never end")
+    if cfg.checkpoint.every_n_steps < 1:
+        raise ConfigError(f"checkpoint.every_n_steps={cfg.checkpoint.every_n_steps} must be >= 1")
+    if cfg.checkpoint.keep_last == 0 or cfg.checkpoint.keep_last < -1:
+        raise ConfigError(f"checkpoint.keep_last={cfg.checkpoint.keep_last} must be >= 1, or -1 to keep all")
+
+    from rest_lightning.stages.base import RestStage
+
+    stage_cls = stage_class(cfg)
+    if not issubclass(stage_cls, RestStage):
+        raise ConfigError(f"stage._target_={cfg.stage._target_!r} is not a rest_lightning RestStage subclass")
+    n_optimizers = stage_cls.num_optimizers
+    if cfg.strategy.name == "deepspeed":
+        if n_optimizers != 1:
+            raise ConfigError(
+                f"strategy=deepspeed_* cannot train stage {stage_cls.__name__}: it steps {n_optimizers} "
+                "optimizers and Lightning's DeepSpeed strategy accepts one. Use strategy=ddp or strategy=fsdp."
+            )
+        if cfg.trainer.accelerator == "cpu":
+            raise ConfigError(
+                "strategy=deepspeed_* needs CUDA GPUs (Lightning's DeepSpeed strategy refuses "
+                "trainer.accelerator=cpu). Use strategy=ddp on a CPU."
+            )
+        if cfg.strategy.zero_stage not in (1, 2, 3):
+            raise ConfigError(f"strategy.zero_stage={cfg.strategy.zero_stage} must be 1, 2 or 3")

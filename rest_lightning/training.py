@@ -1,0 +1,183 @@
+"""``train(cfg)``: the one function behind ``rest-train`` (and the tests, which call it directly).
+
+Steps: fix the run directory -> seed -> build data, stage, logger, callbacks, strategy -> pick the
+checkpoint to resume -> ``Trainer.fit``. The CLI only composes the config and calls this.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rest_lightning.config import ConfigError, validate_train_config
+from rest_lightning.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+RUN_DIR_ENV = "REST_RUN_DIR"  # set by rank 0 so processes Lightning launches reuse its run directory
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    last_checkpoint: Path | None
+    global_step: int
+
+
+def _global_rank() -> int:
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def _interactive() -> bool:
+    return sys.stderr.isatty() and "SLURM_JOB_ID" not in os.environ and not os.environ.get("CI")
+
+
+def instantiate_node(node: DictConfig, key: str) -> Any:
+    """``hydra.utils.instantiate`` with config errors (a dataclass ``__post_init__`` refusing a value,
+    an unknown argument) turned into :class:`ConfigError` naming the config key."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, _convert_="object")
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        raise ConfigError(f"{key}: {cause}") from None
+
+
+def build_logger(cfg: DictConfig, run_dir: RunDir) -> Any:
+    kind = cfg.logger.kind
+    if kind == "none":
+        return False
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir.logs), name="", version="")
+    from lightning.pytorch.loggers import WandbLogger
+
+    # Offline unless a key is present (or the user chose a mode): never block on a login prompt.
+    offline = os.environ.get("WANDB_MODE") == "offline" or not os.environ.get("WANDB_API_KEY")
+    return WandbLogger(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        name=f"{cfg.name}/{run_dir.path.name}",
+        save_dir=str(run_dir.path),
+        id=run_dir.wandb_run_id(),
+        resume="allow",
+        offline=offline,
+        tags=list(cfg.logger.tags),
+        log_model=cfg.logger.log_model,
+    )
+
+
+def build_callbacks(cfg: DictConfig, run_dir: RunDir) -> list[Any]:
+    from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+
+    from rest_lightning.callbacks import PlainProgressLog, RunCheckpoint
+
+    callbacks: list[Any] = [RunCheckpoint(run_dir.checkpoints, cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last)]
+    if cfg.logger.kind != "none":
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    callbacks.append(RichProgressBar() if _interactive() else PlainProgressLog(cfg.trainer.log_every_n_steps))
+    return callbacks
+
+
+def select_resume_checkpoint(cfg: DictConfig, run_dir: RunDir) -> Path | None:
+    from rest_lightning.checkpoint import find_resume_checkpoint
+
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        return find_resume_checkpoint(run_dir.path)
+    return Path(cfg.resume).expanduser()
+
+
+def check_resume_compatible(stage: Any, ckpt_path: Path) -> None:
+    """Refuse, before any process group starts, a checkpoint of another stage or config."""
+    from rest_lightning.checkpoint import META_KEY
+
+    meta = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False).get(META_KEY, {})
+    stage.check_compatible(meta, source=f"resume checkpoint {ckpt_path}", resume=True)
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    """Train the stage ``cfg.stage`` names; returns where the run lives and its last checkpoint."""
+    validate_train_config(cfg)
+    if cfg.cluster.kind == "slurm" and "SLURM_JOB_ID" not in os.environ:
+        raise ConfigError("cluster=slurm (sbatch rendering and submission) is not built yet: issue 8")
+
+    # Everything that can refuse the config runs before the run directory is written, so a bad value
+    # leaves no empty run behind. Seed first: the stage's initial weights come from it.
+    from lightning.fabric.utilities.seed import seed_everything
+
+    seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate_node(cfg.data, "data")
+    stage = instantiate_node(cfg.stage, "stage")
+
+    is_rank_zero = _global_rank() == 0
+    if not is_rank_zero and RUN_DIR_ENV in os.environ:
+        cfg = OmegaConf.merge(cfg, {"run_dir": os.environ[RUN_DIR_ENV]})
+    run_dir = RunDir.resolve(cfg)
+
+    ckpt_path = select_resume_checkpoint(cfg, run_dir)
+    if ckpt_path is not None:
+        check_resume_compatible(stage, ckpt_path)
+        log.info("resuming from %s", ckpt_path)
+        if cfg.init_from:
+            log.warning("init_from=%s ignored: resuming the run's own checkpoint %s", cfg.init_from, ckpt_path)
+    elif cfg.init_from:
+        stage.load_init_from(cfg.init_from, strict=cfg.init_from_strict, key_map=dict(cfg.init_from_key_map))
+
+    run_dir.prepare(cfg, write=is_rank_zero)
+    log.info("run directory: %s", run_dir.path)
+    previous_env = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir.path)
+    try:
+        return _fit(cfg, run_dir, is_rank_zero, datamodule, stage, ckpt_path)
+    finally:
+        if previous_env is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous_env
+
+
+def _fit(cfg: DictConfig, run_dir: RunDir, is_rank_zero: bool, datamodule: Any, stage: Any,
+         ckpt_path: Path | None) -> TrainResult:
+    import lightning as L
+
+    from rest_lightning.checkpoint import AtomicCheckpointIO
+    from rest_lightning.launch.strategies import build_strategy
+
+    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
+    trainer = L.Trainer(
+        **trainer_kwargs,
+        strategy=build_strategy(cfg.strategy),
+        plugins=[AtomicCheckpointIO()] if cfg.strategy.name != "deepspeed" else None,
+        default_root_dir=str(run_dir.checkpoints),
+        logger=build_logger(cfg, run_dir),
+        callbacks=build_callbacks(cfg, run_dir),
+        enable_progress_bar=_interactive(),
+        enable_model_summary=is_rank_zero,
+    )
+    if trainer.logger:
+        trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        trainer.fit(stage, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    finally:
+        if cfg.logger.kind == "wandb" and is_rank_zero:
+            import wandb
+
+            wandb.finish()  # close the run so a later train() in this process starts (or resumes) its own
+
+    last = run_dir.checkpoints / "last.ckpt"
+    return TrainResult(run_dir.path, last if last.exists() else None, trainer.global_step)

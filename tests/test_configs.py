@@ -1,0 +1,94 @@
+"""Every config composes and instantiates; bad configs fail at compose time with a clear message."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+
+from rest_lightning.config import ConfigError, compose, conf_dir, list_options, validate_train_config
+from rest_lightning.training import instantiate_node
+
+EXPERIMENTS = list_options("experiment")
+ROOTS = sorted(p.stem for p in conf_dir().glob("*.yaml"))
+
+
+def test_experiments_exist():
+    assert EXPERIMENTS, "conf/experiment/ is empty"
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_validates_and_instantiates(experiment, tmp_path):
+    cfg = compose("train", [f"experiment={experiment}", f"run_dir={tmp_path}"])
+    validate_train_config(cfg)
+    assert cfg.name == experiment, "an experiment sets name: <file name> so runs land in runs/<experiment>/"
+    instantiate_node(cfg.data, "data")
+    stage = instantiate_node(cfg.stage, "stage")
+    assert stage.identity_config(), "a stage must describe its architecture for checkpoint checks"
+
+
+@pytest.mark.parametrize("root", ROOTS)
+def test_every_root_config_composes(root):
+    cfg = compose(root)
+    assert cfg is not None
+
+
+def test_model_configs_instantiate_to_typed_dataclasses():
+    import dataclasses
+
+    for group in ("model/vae", "model/dit", "model/audio"):
+        for name in list_options(group):
+            cfg = compose("train", [f"+{group}={name}"])
+            node = cfg
+            for part in group.split("/"):
+                node = node[part]
+            obj = instantiate(node, _convert_="object")
+            assert dataclasses.is_dataclass(obj), f"{group}/{name} must instantiate a typed config dataclass"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["experiment=no_such_experiment"], ["Could not find 'experiment/no_such_experiment'", "tiny_wiring"]),
+        (["experiment=tiny_wiring", "trainer.max_steps=abc"], ["trainer.max_steps", "could not be converted"]),
+        (["experiment=tiny_wiring", "trainer.max_step=3"], ["max_step", "not in"]),
+        (["experiment=tiny_wiring", "logger=slack"], ["logger/slack", "wandb", "csv", "none"]),
+        (["experiment=tiny_wiring", "strategy=horovod"], ["strategy/horovod", "ddp", "fsdp"]),
+    ],
+)
+def test_bad_overrides_fail_at_compose_with_clear_message(overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        compose("train", overrides)
+    for text in expected:
+        assert text in str(err.value)
+    assert "Config search path" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["resume=sometimes"], "resume='sometimes'"),
+        (["trainer.max_steps=-1"], "trainer.max_steps"),
+        (["checkpoint.keep_last=0"], "checkpoint.keep_last"),
+        (["strategy=deepspeed_zero2"], "needs CUDA GPUs"),
+        (["init_from=/no/such/file.ckpt"], "init_from"),
+    ],
+)
+def test_validator_names_the_key(overrides, expected, tmp_path):
+    cfg = compose("train", ["experiment=tiny_wiring", f"run_dir={tmp_path}", *overrides])
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
+        validate_train_config(cfg)
+
+
+def test_deepspeed_refuses_a_two_optimizer_stage(tmp_path, monkeypatch):
+    from rest_lightning.stages.wiring import WiringStage
+
+    monkeypatch.setattr(WiringStage, "num_optimizers", 2)
+    cfg = compose("train", ["experiment=tiny_wiring", "strategy=deepspeed_zero2", "trainer.accelerator=gpu"])
+    with pytest.raises(ConfigError, match="accepts one. Use strategy=ddp or strategy=fsdp"):
+        validate_train_config(cfg)
+
+
+def test_dataclass_validation_error_names_the_key(tmp_path):
+    cfg = compose("train", ["experiment=tiny_wiring", "stage.config.channels=0"])
+    with pytest.raises(ConfigError, match=r"stage.*stage.config.channels=0 must be >= 1"):
+        instantiate_node(cfg.stage, "stage")

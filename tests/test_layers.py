@@ -1,0 +1,46 @@
+"""STYLE rules 1 and 9: layer boundaries and an import with no side effects."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PURE_TORCH = ["rest_lightning/models", "rest_lightning/diffusion", "rest_lightning/streaming"]
+FORBIDDEN = {"lightning", "pytorch_lightning", "hydra", "omegaconf", "wandb", "webdataset"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", PURE_TORCH)
+def test_pure_torch_packages_import_no_framework(package):
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(_imports(path) & FORBIDDEN)
+        for path in (ROOT / package).rglob("*.py")
+        if _imports(path) & FORBIDDEN
+    }
+    assert not offenders, f"{package} must stay plain torch (STYLE rule 1): {offenders}"
+
+
+def test_import_has_no_side_effects(tmp_path):
+    code = (
+        "import sys, rest_lightning, rest_lightning.models, rest_lightning.diffusion, rest_lightning.streaming\n"
+        "import rest_lightning.metrics, rest_lightning.data, rest_lightning.stages\n"
+        "import torch\n"
+        "assert not torch.cuda.is_initialized(), 'importing rest_lightning initialised CUDA'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=120)
+    assert list(tmp_path.iterdir()) == [], "importing rest_lightning wrote files into the working directory"
