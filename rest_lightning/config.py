@@ -130,6 +130,8 @@ class TrainConfig:
 
 
 _SCHEMAS: dict[str, type] = {"train_schema": TrainConfig}
+# Schemas built from other packages' dataclasses, imported only when a config is composed.
+_SCHEMA_FACTORIES: dict[str, str] = {"prep_schema": "rest_lightning.cli.prep:prep_schema"}
 
 RESUME_MODES = ("auto", "never")
 LOGGER_KINDS = ("wandb", "csv", "none")
@@ -138,12 +140,33 @@ CLUSTER_KINDS = ("local", "slurm")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
 
 
+def fields_schema(name: str, source: type, exclude: tuple[str, ...] = ()) -> type:
+    """A schema dataclass with ``source``'s fields, types and defaults minus ``exclude``, without
+    ``source.__post_init__``: so a YAML root can expose a config dataclass's fields as typed keys
+    while the dataclass stays the one place its defaults live."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(source)
+    spec = []
+    for f in dataclasses.fields(source):
+        if f.name in exclude:
+            continue
+        spec.append((f.name, hints[f.name], dataclasses.field(default=f.default, default_factory=f.default_factory)))
+    return dataclasses.make_dataclass(name, spec)
+
+
 def _register_schemas() -> None:
+    import importlib
+
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     for name, node in _SCHEMAS.items():
         store.store(name=name, node=node)
+    for name, target in _SCHEMA_FACTORIES.items():
+        module, attr = target.split(":")
+        store.store(name=name, node=getattr(importlib.import_module(module), attr)())
 
 
 def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -229,6 +252,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     if not issubclass(stage_cls, RestStage):
         raise ConfigError(f"stage._target_={cfg.stage._target_!r} is not a rest_lightning RestStage subclass")
     n_optimizers = stage_cls.num_optimizers
+    if stage_cls.manual_optimization and cfg.trainer.gradient_clip_val is not None:
+        raise ConfigError(
+            f"stage {stage_cls.__name__} optimizes manually and clips its own gradients (stage.optim.grad_clip); "
+            f"set trainer.gradient_clip_val=null (got {cfg.trainer.gradient_clip_val})"
+        )
     if cfg.strategy.name == "deepspeed":
         if n_optimizers != 1:
             raise ConfigError(

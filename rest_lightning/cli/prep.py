@@ -1,12 +1,86 @@
-"""``rest-prep``: dataset preparation (raw videos -> WebDataset shards)."""
+"""``rest-prep``: raw talking videos -> WebDataset shards (``mode=prep``), or a synthetic corpus
+(``mode=synth``). Exits non-zero if nothing was written or the config is wrong; rejected inputs are
+listed in ``<output>/rejected.jsonl`` and the run goes on."""
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from rest_lightning.cli.common import not_built
+from omegaconf import DictConfig, OmegaConf
 
-main = not_built("rest-prep", "dataset preparation (raw videos -> WebDataset shards)", 3)
+from rest_lightning.cli.common import run_cli
+from rest_lightning.config import ConfigError, fields_schema
+
+log = logging.getLogger(__name__)
+
+SUMMARY = ("Prepare talking-head videos into sharded WebDataset tar streams (mode=prep), or write the "
+           "synthetic talking-head corpus (mode=synth). Outputs: <output>/{train,val,test}/shard-*.tar, "
+           "manifest.json, rejected.jsonl.")
+MODES = ("prep", "synth")
+
+
+def prep_schema() -> type:
+    """Root schema of conf/prep.yaml: the prep.* and synth.* keys are PrepConfig's and SynthConfig's fields."""
+    from data_prep.config import PrepConfig
+    from rest_lightning.data.synthetic import SynthConfig
+
+    prep_fields = fields_schema("PrepFields", PrepConfig, exclude=("input", "output"))
+    synth_fields = fields_schema("SynthFields", SynthConfig, exclude=("output",))
+
+    @dataclass
+    class PrepRoot:
+        mode: str = "prep"
+        input: str = ""
+        output: str = ""
+        prep: Any = field(default_factory=prep_fields)
+        synth: Any = field(default_factory=synth_fields)
+
+    PrepRoot.__annotations__.update(prep=prep_fields, synth=synth_fields)
+    return PrepRoot
+
+
+def run(cfg: DictConfig) -> Any:
+    """Run what ``cfg`` (conf/prep.yaml) asks for; returns the PrepSummary or the list of written files."""
+    from data_prep.config import PrepConfig
+    from data_prep.run import run_prep
+    from rest_lightning.data.synthetic import SynthConfig, write_synthetic_corpus
+
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}")
+    try:
+        if cfg.mode == "synth":
+            synth = SynthConfig(output=cfg.output, **OmegaConf.to_container(cfg.synth))
+            paths = write_synthetic_corpus(synth)
+            print(f"rest-prep: wrote {len(paths)} synthetic videos to {cfg.output}")
+            return paths
+        prep = PrepConfig(input=cfg.input, output=cfg.output, **OmegaConf.to_container(cfg.prep))
+        summary = run_prep(prep)  # raises ValueError for an input that is neither a folder nor a manifest
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    print(format_summary(summary, cfg.output))
+    if not summary.ok:
+        raise ConfigError(f"nothing was written to {cfg.output}; see {cfg.output}/rejected.jsonl for why")
+    return summary
+
+
+def format_summary(summary: Any, output: str) -> str:
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(summary.clips_per_split.items()))
+    rejected = ", ".join(f"{k} {v}" for k, v in sorted(summary.rejected_by_stage.items())) or "none"
+    return (
+        f"rest-prep: {summary.videos_total} videos ({summary.videos_resumed} done earlier, "
+        f"{summary.videos_processed} now), {summary.clips_total} clips in {summary.shards_total} shards "
+        f"({splits}); rejected {summary.rejected} ({rejected}); {summary.source_seconds:.1f} s of video in "
+        f"{summary.elapsed_s:.1f} s -> {output}"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("rest-prep", "prep", SUMMARY, run, argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

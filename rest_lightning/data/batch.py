@@ -1,0 +1,64 @@
+"""The typed batch the DataModule hands to the stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ClipItem:
+    """One decoded clip window (before batching).
+
+    video: ``(3, T, H, W)`` float32 in [-1, 1] (``None`` in latent mode); audio: ``(T * spf,)``
+    float32 in [-1, 1], frame i covering samples ``[i * spf, (i + 1) * spf)``; ref: ``(3, H, W)``
+    float32 in [-1, 1]; latent: ``(C, 1 + k, h, w)`` float32 or ``None``; valid: False for a
+    padding item standing in for a corrupt or missing validation sample.
+    """
+
+    video: torch.Tensor | None
+    audio: torch.Tensor
+    ref: torch.Tensor
+    latent: torch.Tensor | None
+    valid: bool
+    key: str
+    start_frame: int  # first frame of the window, in 25 fps frames of the source video (-1 = padding)
+
+
+@dataclass
+class ClipBatch:
+    """A batch of clip windows (DESIGN §6).
+
+    video: ``(B, 3, T, H, W)`` float32 in [-1, 1], T = 1 + 8k (``None`` in latent mode);
+    audio: ``(B, T * spf)`` float32 waveform at 16 kHz; ref: ``(B, 3, H, W)`` in [-1, 1];
+    latent: ``(B, C, 1 + k, h, w)`` or ``None``; mask: ``(B,)`` bool, False = padding (exclude from
+    metrics); start_frame: ``(B,)`` long; keys: sample keys; skipped: corrupt samples the training
+    stream skipped to fill this batch (log it as ``train/skipped_samples``).
+    """
+
+    video: torch.Tensor | None
+    audio: torch.Tensor
+    ref: torch.Tensor
+    latent: torch.Tensor | None
+    mask: torch.Tensor
+    start_frame: torch.Tensor
+    keys: list[str]
+    skipped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def collate_clips(items: list[ClipItem], skipped: int = 0) -> ClipBatch:
+    """Stack ``ClipItem``s into a ``ClipBatch`` (all items must share shapes)."""
+    return ClipBatch(
+        video=torch.stack([i.video for i in items]) if items[0].video is not None else None,
+        audio=torch.stack([i.audio for i in items]),
+        ref=torch.stack([i.ref for i in items]),
+        latent=torch.stack([i.latent for i in items]) if items[0].latent is not None else None,
+        mask=torch.tensor([i.valid for i in items], dtype=torch.bool),
+        start_frame=torch.tensor([i.start_frame for i in items], dtype=torch.long),
+        keys=[i.key for i in items],
+        skipped=skipped,
+    )
