@@ -158,7 +158,9 @@ def _fit(cfg: DictConfig, run_dir: RunDir, is_rank_zero: bool, datamodule: Any, 
     from rest_lightning.checkpoint import AtomicCheckpointIO
     from rest_lightning.launch.strategies import build_strategy
 
-    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
+    # Passed as-is: every TrainerConfig default is Lightning's own, and None is meaningful for some keys
+    # (check_val_every_n_epoch=None makes val_check_interval count global steps).
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer)
     trainer = L.Trainer(
         **trainer_kwargs,
         strategy=build_strategy(cfg.strategy),

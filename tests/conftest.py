@@ -37,3 +37,21 @@ def train_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose("train", [f"run_dir={run_dir or tmp_path / 'run'}", *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real rest-prep output (manifest + train/val shards) of a tiny synthetic corpus: 32x32 face
+    crops, clips of 17 frames (k = 2). Built once per session, about 5 s on 2 cores."""
+    from data_prep.config import PrepConfig
+    from data_prep.run import run_prep
+    from rest_lightning.data.synthetic import SynthConfig, write_synthetic_corpus
+
+    root = tmp_path_factory.mktemp("tiny_shards")
+    write_synthetic_corpus(SynthConfig(output=str(root / "raw"), n_videos=6, n_speakers=6, seconds=2.0, seed=0))
+    summary = run_prep(PrepConfig(
+        input=str(root / "raw"), output=str(root / "shards"), size=32, latent_frames=2,
+        val_fraction=0.34, test_fraction=0.0, progress=False, workers=1, seed=0,
+    ))
+    assert summary.clips_per_split["train"] > 0 and summary.clips_per_split["val"] > 0, summary
+    return root / "shards"

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 class RestStage(L.LightningModule):
     stage_name: ClassVar[str] = "base"
     num_optimizers: ClassVar[int] = 1
+    # True when the stage steps its optimizers itself (then it also clips its own gradients).
+    manual_optimization: ClassVar[bool] = False
     # Stages whose weights this one may start from with init_from (teacher -> student, say).
     init_from_stages: ClassVar[tuple[str, ...]] = ()
 
