@@ -119,6 +119,9 @@ class TrainConfig:
     init_from: str | None = None  # weights only, from a file a user hands in (weights_only / safetensors)
     init_from_strict: bool = True
     init_from_key_map: dict[str, str] = field(default_factory=dict)  # source prefix -> target prefix
+    # The Hydra overrides this config was composed with, recorded by compose(): provenance in
+    # config.yaml, and what a SLURM job re-composes its config from.
+    overrides: list[str] = field(default_factory=list)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -131,7 +134,10 @@ class TrainConfig:
 
 _SCHEMAS: dict[str, type] = {"train_schema": TrainConfig}
 # Schemas built from other packages' dataclasses, imported only when a config is composed.
-_SCHEMA_FACTORIES: dict[str, str] = {"prep_schema": "rest_lightning.cli.prep:prep_schema"}
+_SCHEMA_FACTORIES: dict[str, str] = {
+    "prep_schema": "rest_lightning.cli.prep:prep_schema",
+    "doctor_schema": "rest_lightning.launch.doctor:doctor_schema",
+}
 
 RESUME_MODES = ("auto", "never")
 LOGGER_KINDS = ("wandb", "csv", "none")
@@ -187,6 +193,8 @@ def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> Di
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+            if "overrides" in cfg:
+                cfg.overrides = [o for o in overrides if not o.startswith("overrides=")]
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_hydra_message(err)) from None
     finally:
@@ -217,7 +225,7 @@ def stage_class(cfg: DictConfig) -> type:
     target = OmegaConf.select(cfg, "stage._target_")
     if not target:
         raise ConfigError(
-            "no stage configured: pick an experiment, e.g. `rest-train experiment=tiny_wiring` "
+            "no stage configured: pick an experiment, e.g. `rest-train experiment=tiny_vae data.cfg.root=SHARDS` "
             f"(available: {', '.join(list_options('experiment'))})"
         )
     try:
@@ -258,15 +266,15 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"set trainer.gradient_clip_val=null (got {cfg.trainer.gradient_clip_val})"
         )
     if cfg.strategy.name == "deepspeed":
-        if n_optimizers != 1:
-            raise ConfigError(
-                f"strategy=deepspeed_* cannot train stage {stage_cls.__name__}: it steps {n_optimizers} "
-                "optimizers and Lightning's DeepSpeed strategy accepts one. Use strategy=ddp or strategy=fsdp."
-            )
         if cfg.trainer.accelerator == "cpu":
             raise ConfigError(
                 "strategy=deepspeed_* needs CUDA GPUs (Lightning's DeepSpeed strategy refuses "
                 "trainer.accelerator=cpu). Use strategy=ddp on a CPU."
+            )
+        if n_optimizers != 1:
+            raise ConfigError(
+                f"strategy=deepspeed_* cannot train stage {stage_cls.__name__}: it steps {n_optimizers} "
+                "optimizers and Lightning's DeepSpeed strategy accepts one. Use strategy=ddp or strategy=fsdp."
             )
         if cfg.strategy.zero_stage not in (1, 2, 3):
             raise ConfigError(f"strategy.zero_stage={cfg.strategy.zero_stage} must be 1, 2 or 3")

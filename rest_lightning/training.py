@@ -113,8 +113,13 @@ def check_resume_compatible(stage: Any, ckpt_path: Path) -> None:
 def train(cfg: DictConfig) -> TrainResult:
     """Train the stage ``cfg.stage`` names; returns where the run lives and its last checkpoint."""
     validate_train_config(cfg)
-    if cfg.cluster.kind == "slurm" and "SLURM_JOB_ID" not in os.environ:
-        raise ConfigError("cluster=slurm (sbatch rendering and submission) is not built yet: issue 8")
+    if cfg.cluster.kind == "slurm":
+        from rest_lightning.launch.slurm import launch
+
+        # Outside a job: render + submit the sbatch script (the job trains). Inside: check the allocation.
+        submission = launch(cfg)
+        if submission is not None:
+            return TrainResult(submission.run_dir, None, 0)
 
     # Everything that can refuse the config runs before the run directory is written, so a bad value
     # leaves no empty run behind. Seed first: the stage's initial weights come from it.
@@ -163,7 +168,7 @@ def _fit(cfg: DictConfig, run_dir: RunDir, is_rank_zero: bool, datamodule: Any, 
     trainer_kwargs = OmegaConf.to_container(cfg.trainer)
     trainer = L.Trainer(
         **trainer_kwargs,
-        strategy=build_strategy(cfg.strategy),
+        strategy=build_strategy(cfg.strategy, type(stage).has_unused_parameters),
         plugins=[AtomicCheckpointIO()] if cfg.strategy.name != "deepspeed" else None,
         default_root_dir=str(run_dir.checkpoints),
         logger=build_logger(cfg, run_dir),

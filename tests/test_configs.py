@@ -70,11 +70,11 @@ def test_model_configs_instantiate_to_typed_dataclasses():
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["experiment=no_such_experiment"], ["Could not find 'experiment/no_such_experiment'", "tiny_wiring"]),
-        (["experiment=tiny_wiring", "trainer.max_steps=abc"], ["trainer.max_steps", "could not be converted"]),
-        (["experiment=tiny_wiring", "trainer.max_step=3"], ["max_step", "not in"]),
-        (["experiment=tiny_wiring", "logger=slack"], ["logger/slack", "wandb", "csv", "none"]),
-        (["experiment=tiny_wiring", "strategy=horovod"], ["strategy/horovod", "ddp", "fsdp"]),
+        (["experiment=no_such_experiment"], ["Could not find 'experiment/no_such_experiment'", "tiny_vae"]),
+        (["experiment=tiny_vae", "trainer.max_steps=abc"], ["trainer.max_steps", "could not be converted"]),
+        (["experiment=tiny_vae", "trainer.max_step=3"], ["max_step", "not in"]),
+        (["experiment=tiny_vae", "logger=slack"], ["logger/slack", "wandb", "csv", "none"]),
+        (["experiment=tiny_vae", "strategy=horovod"], ["strategy/horovod", "ddp", "fsdp"]),
     ],
 )
 def test_bad_overrides_fail_at_compose_with_clear_message(overrides, expected):
@@ -96,21 +96,24 @@ def test_bad_overrides_fail_at_compose_with_clear_message(overrides, expected):
     ],
 )
 def test_validator_names_the_key(overrides, expected, tmp_path):
-    cfg = compose("train", ["experiment=tiny_wiring", f"run_dir={tmp_path}", *overrides])
+    cfg = compose("train", ["experiment=tiny_vae", f"run_dir={tmp_path}", *overrides])
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
         validate_train_config(cfg)
 
 
-def test_deepspeed_refuses_a_two_optimizer_stage(tmp_path, monkeypatch):
-    from rest_lightning.stages.wiring import WiringStage
-
-    monkeypatch.setattr(WiringStage, "num_optimizers", 2)
-    cfg = compose("train", ["experiment=tiny_wiring", "strategy=deepspeed_zero2", "trainer.accelerator=gpu"])
-    with pytest.raises(ConfigError, match="accepts one. Use strategy=ddp or strategy=fsdp"):
+def test_deepspeed_refuses_a_two_optimizer_stage():
+    cfg = compose("train", ["experiment=tiny_vae", "strategy=deepspeed_zero2", "trainer.accelerator=gpu"])
+    with pytest.raises(ConfigError, match="steps 2 optimizers .* accepts one. Use strategy=ddp or strategy=fsdp"):
         validate_train_config(cfg)
 
 
-def test_dataclass_validation_error_names_the_key(tmp_path):
-    cfg = compose("train", ["experiment=tiny_wiring", "stage.config.channels=0"])
-    with pytest.raises(ConfigError, match=r"stage.*stage.config.channels=0 must be >= 1"):
+def test_dataclass_validation_error_names_the_key():
+    cfg = compose("train", ["experiment=tiny_vae", "data.cfg.root=x", "stage.loss.kl_weight=-1"])
+    with pytest.raises(ConfigError, match=r"stage: stage.loss.kl_weight=-1 must be >= 0"):
         instantiate_node(cfg.stage, "stage")
+
+
+def test_no_experiment_is_refused_with_the_list():
+    cfg = compose("train", ["data.cfg.root=x"])
+    with pytest.raises(ConfigError, match="pick an experiment.*tiny_vae"):
+        validate_train_config(cfg)

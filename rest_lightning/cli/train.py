@@ -22,6 +22,8 @@ def _train(cfg: DictConfig) -> None:
     from rest_lightning.training import train
 
     result = train(cfg)
+    if result.last_checkpoint is None and cfg.cluster.kind == "slurm":
+        return  # submitted: the job trains; launch() has logged how to follow it
     log.info("done: step %d, run directory %s, last checkpoint %s",
              result.global_step, result.run_dir, result.last_checkpoint)
 

@@ -34,6 +34,9 @@ class RestStage(L.LightningModule):
     num_optimizers: ClassVar[int] = 1
     # True when the stage steps its optimizers itself (then it also clips its own gradients).
     manual_optimization: ClassVar[bool] = False
+    # True when some parameters get no gradient in some steps (a GAN discriminator before it switches
+    # on): DDP must then look for unused parameters, whatever strategy.find_unused_parameters says.
+    has_unused_parameters: ClassVar[bool] = False
     # Stages whose weights this one may start from with init_from (teacher -> student, say).
     init_from_stages: ClassVar[tuple[str, ...]] = ()
 

@@ -104,6 +104,7 @@ class VAEStage(RestStage):
     stage_name = "vae"
     num_optimizers = 2
     manual_optimization = True
+    has_unused_parameters = True  # the discriminator takes no gradient before loss.disc_start
 
     def __init__(
         self,
