@@ -122,6 +122,10 @@ class TrainConfig:
     # The Hydra overrides this config was composed with, recorded by compose(): provenance in
     # config.yaml, and what a SLURM job re-composes its config from.
     overrides: list[str] = field(default_factory=list)
+    # Keys an experiment needs set to a real value before it can run (e.g. a pretrained weights path).
+    # A `???` in an experiment cannot express this when the group file already holds a null: OmegaConf
+    # ignores a missing value merged over a set one. validate_train_config refuses a null or empty one.
+    required: list[str] = field(default_factory=list)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -244,6 +248,9 @@ def validate_train_config(cfg: DictConfig) -> None:
     if cfg.init_from is not None and not Path(cfg.init_from).expanduser().exists():
         raise ConfigError(f"init_from={cfg.init_from!r} does not exist")
     _choice(cfg, "logger.kind", LOGGER_KINDS)
+    for key in cfg.required:
+        if OmegaConf.select(cfg, key) in (None, ""):
+            raise ConfigError(f"experiment {cfg.name} needs {key}=... (it is null); set it on the command line")
     _choice(cfg, "strategy.name", STRATEGY_NAMES)
     _choice(cfg, "cluster.kind", CLUSTER_KINDS)
     _choice(cfg, "trainer.precision", PRECISIONS)

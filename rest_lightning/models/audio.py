@@ -180,14 +180,17 @@ def _mel_to_hz(mels: Tensor) -> Tensor:
 
 def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int) -> Tensor:
     """Slaney-normalised triangular mel filters from 0 Hz to Nyquist: ``(n_fft // 2 + 1, n_mels)`` float32
-    (librosa ``filters.mel(norm='slaney')``, what Whisper uses). Built in float64, cast at the end."""
+    (librosa ``filters.mel(norm='slaney')``, what Whisper uses). Built in float64 on the CPU, whatever the
+    default device (a model built on the meta device still gets real filters), cast at the end."""
+    cpu = torch.device("cpu")
     n_bins = n_fft // 2 + 1
-    fft_freqs = torch.linspace(0, sample_rate // 2, n_bins, dtype=torch.float64)
+    fft_freqs = torch.linspace(0, sample_rate // 2, n_bins, dtype=torch.float64, device=cpu)
     mel_edges = torch.linspace(
-        float(_hz_to_mel(torch.tensor(0.0, dtype=torch.float64))),
-        float(_hz_to_mel(torch.tensor(sample_rate / 2, dtype=torch.float64))),
+        float(_hz_to_mel(torch.tensor(0.0, dtype=torch.float64, device=cpu))),
+        float(_hz_to_mel(torch.tensor(sample_rate / 2, dtype=torch.float64, device=cpu))),
         n_mels + 2,
         dtype=torch.float64,
+        device=cpu,
     )
     edges = _mel_to_hz(mel_edges)  # (n_mels + 2,) Hz
     widths = edges.diff()

@@ -92,6 +92,20 @@ class RestStage(L.LightningModule):
                  path, len(state) - len(unexpected), len(missing), len(unexpected))
 
 
+def plain_config(value: Any) -> Any:
+    """A dataclass ``asdict`` made JSON-like (enums to values, tuples to lists), so identity configs
+    compare equal after a checkpoint round trip and load with ``weights_only=True``."""
+    from enum import Enum
+
+    if isinstance(value, Mapping):
+        return {k: plain_config(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_config(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
 def _rng_states() -> dict[str, Any]:
     np_state = np.random.get_state()
     # Converted to plain types/tensors so the file stays loadable with weights_only=True.

@@ -37,7 +37,7 @@ from rest_lightning.models.vae_losses import (
     hinge_discriminator_loss,
     hinge_generator_loss,
 )
-from rest_lightning.stages.base import RestStage
+from rest_lightning.stages.base import RestStage, plain_config
 from rest_lightning.stages.ema import EMA
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class VAEStage(RestStage):
         self._perceptual: list[nn.Module] = []
 
     def identity_config(self) -> dict[str, Any]:
-        return {"vae": _plain(asdict(self.vae.config)), "ema": self.ema is not None}
+        return {"vae": plain_config(asdict(self.vae.config)), "ema": self.ema is not None}
 
     # --- losses -------------------------------------------------------------------------------
 
@@ -275,16 +275,3 @@ class VAEStage(RestStage):
 
         return [opt_vae, opt_disc], [torch.optim.lr_scheduler.LambdaLR(opt_vae, ramp),
                                      torch.optim.lr_scheduler.LambdaLR(opt_disc, ramp)]
-
-
-def _plain(value: Any) -> Any:
-    """Dataclass dict with enums and tuples made JSON-like, so checkpoints compare and load weights-only."""
-    from enum import Enum
-
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Enum):
-        return value.value
-    return value
