@@ -153,7 +153,7 @@ def test_weights_load_from_stage_checkpoints_by_prefix(media, tmp_path) -> None:
     cfg = compose("generate", generate_cli.with_size_overrides(["ref=x", "audio=y", "stream.seed=7"]))
     source = generate_cli.build_models(cfg)
     student = {f"ema.module.dit.{k}": v for k, v in source.dit.state_dict().items()}
-    student |= {f"audio.{k}": v for k, v in source.audio.state_dict().items()}
+    student |= {f"model.audio_encoder.{k}": v for k, v in source.audio.state_dict().items()}
     torch.save({"state_dict": student, "rest": {"stage": "student"}}, tmp_path / "student.ckpt")
     vae = {f"vae.{k}": v for k, v in source.vae.state_dict().items()}
     torch.save({"state_dict": vae, "rest": {"stage": "vae"}}, tmp_path / "vae.ckpt")
@@ -182,3 +182,16 @@ def test_bench_reports_the_design_keys(tmp_path) -> None:
     assert report["video_frames"] == 1 + 8 * 11 and report["chunks"] == 12
     assert report["device"] == "cpu" and report["dtype"] == "float32" and report["resolution"] == [32, 32]
     assert report["chunk_latency_at_s"].keys() == {"10"}
+
+
+def test_default_prefixes_match_the_teacher_stage_layout(tiny_shards):
+    """The weights.* prefixes rest-generate tries are the ones the diffusion stages really save."""
+    from rest_lightning.config import compose
+    from rest_lightning.training import instantiate_node
+
+    cfg = compose("train", ["experiment=tiny_teacher", f"data.cfg.root={tiny_shards}", "stage.vae_checkpoint=null"])
+    keys = list(instantiate_node(cfg.stage, "stage").state_dict())
+    prefixes = compose("generate", generate_cli.with_size_overrides(["ref=x", "audio=y"])).weights
+    for module in ("dit", "audio"):
+        for prefix in prefixes[module]:
+            assert any(k.startswith(prefix) for k in keys), f"no teacher key starts with {prefix!r} ({module})"
