@@ -1,5 +1,5 @@
-"""``rest-prep``: raw talking videos -> WebDataset shards (``mode=prep``), or a synthetic corpus
-(``mode=synth``). Exits non-zero if nothing was written or the config is wrong; rejected inputs are
+"""``rest-prep``: raw talking videos -> WebDataset shards (``mode=prep``), a synthetic corpus
+(``mode=synth``), or shards with VAE latents added (``mode=encode``, for stages 2-3). Exits non-zero if nothing was written or the config is wrong; rejected inputs are
 listed in ``<output>/rejected.jsonl`` and the run goes on."""
 
 from __future__ import annotations
@@ -17,19 +17,22 @@ from rest_lightning.config import ConfigError, fields_schema
 
 log = logging.getLogger(__name__)
 
-SUMMARY = ("Prepare talking-head videos into sharded WebDataset tar streams (mode=prep), or write the "
-           "synthetic talking-head corpus (mode=synth). Outputs: <output>/{train,val,test}/shard-*.tar, "
-           "manifest.json, rejected.jsonl.")
-MODES = ("prep", "synth")
+SUMMARY = ("Prepare talking-head videos into sharded WebDataset tar streams (mode=prep), write the "
+           "synthetic talking-head corpus (mode=synth), or copy shards adding each clip's VAE latent "
+           "(mode=encode input=SHARDS output=DIR encode.vae=VAE_CKPT). Outputs: "
+           "<output>/{train,val,test}/shard-*.tar, manifest.json, rejected.jsonl.")
+MODES = ("prep", "synth", "encode")
 
 
 def prep_schema() -> type:
     """Root schema of conf/prep.yaml: the prep.* and synth.* keys are PrepConfig's and SynthConfig's fields."""
     from data_prep.config import PrepConfig
+    from data_prep.encode_latents import EncodeConfig
     from rest_lightning.data.synthetic import SynthConfig
 
     prep_fields = fields_schema("PrepFields", PrepConfig, exclude=("input", "output"))
     synth_fields = fields_schema("SynthFields", SynthConfig, exclude=("output",))
+    encode_fields = fields_schema("EncodeFields", EncodeConfig)
 
     @dataclass
     class PrepRoot:
@@ -38,15 +41,18 @@ def prep_schema() -> type:
         output: str = ""
         prep: Any = field(default_factory=prep_fields)
         synth: Any = field(default_factory=synth_fields)
+        encode: Any = field(default_factory=encode_fields)
 
-    PrepRoot.__annotations__.update(prep=prep_fields, synth=synth_fields)
+    PrepRoot.__annotations__.update(prep=prep_fields, synth=synth_fields, encode=encode_fields)
     return PrepRoot
 
 
 def run(cfg: DictConfig) -> Any:
     """Run what ``cfg`` (conf/prep.yaml) asks for; returns the PrepSummary or the list of written files."""
     from data_prep.config import PrepConfig
+    from data_prep.encode_latents import EncodeConfig, encode_shards
     from data_prep.run import run_prep
+    from rest_lightning.checkpoint import CheckpointMismatchError
     from rest_lightning.data.synthetic import SynthConfig, write_synthetic_corpus
 
     if cfg.mode not in MODES:
@@ -57,9 +63,17 @@ def run(cfg: DictConfig) -> Any:
             paths = write_synthetic_corpus(synth)
             print(f"rest-prep: wrote {len(paths)} synthetic videos to {cfg.output}")
             return paths
+        if cfg.mode == "encode":
+            if not cfg.input or not cfg.output:
+                raise ConfigError("mode=encode needs input=SHARDS (a rest-prep output) and output=DIR")
+            summary = encode_shards(cfg.input, cfg.output, EncodeConfig(**OmegaConf.to_container(cfg.encode)))
+            print(f"rest-prep: encoded {summary.clips} clips ({', '.join(f'{k} {v}' for k, v in summary.splits.items())}) "
+                  f"to latents {summary.latent_shape} in {summary.elapsed_s:.1f} s -> {cfg.output} "
+                  "(train on them with data.cfg.mode=latent)")
+            return summary
         prep = PrepConfig(input=cfg.input, output=cfg.output, **OmegaConf.to_container(cfg.prep))
         summary = run_prep(prep)  # raises ValueError for an input that is neither a folder nor a manifest
-    except ValueError as err:
+    except (ValueError, CheckpointMismatchError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
     print(format_summary(summary, cfg.output))
     if not summary.ok:
