@@ -61,6 +61,7 @@ from rest_lightning.stages.conditioning import (
 )
 from rest_lightning.stages.ema import EMA
 from rest_lightning.stages.optim import DiffusionOptimConfig, build_optimizer
+from rest_lightning.stages.val_metrics import ValMetrics, ValMetricsConfig
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class TeacherStage(RestStage):
         optim: DiffusionOptimConfig | None = None,
         validation: TeacherValidationConfig | None = None,
         chunk_frames: int = 1,  # DESIGN §3: a chunk is one latent frame; must match the student's pattern
+        metrics: ValMetricsConfig | None = None,
     ) -> None:
         super().__init__()
         if dit.latent_channels != vae.latent_channels:
@@ -142,6 +144,8 @@ class TeacherStage(RestStage):
         self.ema = EMA(self.model, decay) if decay is not None else None
         # A plain attribute, not a submodule: frozen, never saved, never sharded (conditioning.py).
         self.frozen_vae = FrozenVAE.load(vae, vae_checkpoint)
+        # Not submodules either: metric networks are neither trained nor saved (val_metrics.py).
+        self.val_metrics = ValMetrics(metrics if metrics is not None else ValMetricsConfig())
         # train() seeds before it builds the stage, so this is the run seed, also after a resume.
         self._seed = torch.initial_seed()
 
@@ -224,12 +228,21 @@ class TeacherStage(RestStage):
         self._level_sums += sums
         self._level_counts += counts
         clips = min(self.validation_config.sample_clips, batch_size)
-        if batch_idx == 0 and clips > 0:
+        if self.val_metrics:
+            # Metrics need samples of every validation clip: sample the whole batch, write the first ones.
+            sample = self.sample(model, cond, generator)
+            real = batch.video.to(sample.device) if batch.video is not None else self.frozen_vae.decode(cond.latents)
+            fake = self.frozen_vae.decode(sample)
+            self.val_metrics.update(fake[keep], real[keep].float().clamp(-1, 1), cond.waveform[keep])
+            sample = sample[:clips]
+        elif batch_idx == 0 and clips > 0:
             sample = self.sample(model, cond.select(slice(0, clips)), generator)
-            if self.trainer.is_global_zero:
-                self._write_sample(batch, cond.select(slice(0, clips)), sample, keep[:clips])
+        if batch_idx == 0 and clips > 0 and self.trainer.is_global_zero:
+            self._write_sample(batch, cond.select(slice(0, clips)), sample, keep[:clips])
 
     def on_validation_epoch_end(self) -> None:
+        for key, value in self.val_metrics.compute_and_reset().items():
+            self.log(key, value)  # already synced across ranks by the metric
         sums = self.trainer.strategy.reduce(self._level_sums, reduce_op="sum")
         counts = self.trainer.strategy.reduce(self._level_counts, reduce_op="sum")
         if counts.sum() == 0:

@@ -39,6 +39,7 @@ from rest_lightning.models.vae_losses import (
 )
 from rest_lightning.stages.base import RestStage, plain_config
 from rest_lightning.stages.ema import EMA
+from rest_lightning.stages.val_metrics import ValMetrics, ValMetricsConfig
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class VAEStage(RestStage):
         loss: VAELossConfig,
         optim: VAEOptimConfig,
         pretrained: str | None = None,
+        metrics: ValMetricsConfig | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = not self.manual_optimization
@@ -126,6 +128,8 @@ class VAEStage(RestStage):
         self.register_buffer("latent_stats_seen", torch.zeros((), dtype=torch.long))
         # Kept out of the module tree: frozen, not part of the VAE, not worth saving in every checkpoint.
         self._perceptual: list[nn.Module] = []
+        # FID/FVD of reconstructions; metric networks are not submodules either (val_metrics.py).
+        self.val_metrics = ValMetrics(metrics if metrics is not None else ValMetricsConfig())
 
     def identity_config(self) -> dict[str, Any]:
         return {"vae": plain_config(asdict(self.vae.config)), "ema": self.ema is not None}
@@ -235,10 +239,13 @@ class VAEStage(RestStage):
         self._ssim.update(frames_fake, frames_real)
         self.log("val/lpips", self.perceptual(recon, video), sync_dist=True, batch_size=video.shape[0])
         self.log("val/l1", (recon - video).abs().mean(), sync_dist=True, batch_size=video.shape[0])
+        self.val_metrics.update(recon, video)
         if batch_idx == 0 and self.trainer.is_global_zero:
             self._write_reconstruction(video[:1], recon[:1])
 
     def on_validation_epoch_end(self) -> None:
+        for key, value in self.val_metrics.compute_and_reset().items():
+            self.log(key, value)  # already synced across ranks by the metric
         if self._psnr.update_called:
             self.log("val/psnr", self._psnr.compute(), sync_dist=True)
             self.log("val/ssim", self._ssim.compute(), sync_dist=True)
