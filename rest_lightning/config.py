@@ -141,6 +141,7 @@ _SCHEMAS: dict[str, type] = {"train_schema": TrainConfig}
 _SCHEMA_FACTORIES: dict[str, str] = {
     "prep_schema": "rest_lightning.cli.prep:prep_schema",
     "doctor_schema": "rest_lightning.launch.doctor:doctor_schema",
+    "eval_schema": "rest_lightning.cli.eval:eval_schema",
 }
 
 RESUME_MODES = ("auto", "never")
