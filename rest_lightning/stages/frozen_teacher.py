@@ -1,0 +1,139 @@
+"""The frozen teacher of stage 3 (DESIGN §4.3): a trained stage-2 ``AudioVideoDenoiser`` used as a fixed
+function, like ``FrozenVAE``.
+
+- Loaded weights-only from ``stage.teacher_checkpoint`` (a teacher-stage checkpoint or a ``rest-ckpt
+  export`` file), its EMA weights (``ema.module.*``) preferred, else ``model.*``, else a bare
+  ``AudioVideoDenoiser`` state dict (``dit.*`` / ``audio_encoder.*``), strictly.
+- Not a submodule of the student stage: never trained, never in the student's checkpoints (so it is
+  loaded again on resume, from the same path), never wrapped, sharded or partitioned by DDP / FSDP /
+  DeepSpeed. Its parameters have ``requires_grad=False``, it stays in eval mode, and every call runs
+  under ``torch.no_grad``: no gradient can reach it.
+- ``dtype=bfloat16`` halves its memory on a GPU (on a CPU it runs in float32); ``offload=True`` keeps it in
+  host memory and moves it to the GPU only for the calls of one training step (``on_device``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from rest_lightning.checkpoint import CheckpointMismatchError, load_user_state, load_weights_into
+from rest_lightning.diffusion.guidance import GuidanceScales
+from rest_lightning.diffusion.samplers import Denoiser
+from rest_lightning.models.attention import AttentionPattern
+from rest_lightning.models.audio import AudioConfig, AudioEncoder
+from rest_lightning.models.dit import DiTConfig, build_dit
+from rest_lightning.stages.conditioning import AudioVideoDenoiser, guided_denoiser
+
+log = logging.getLogger(__name__)
+
+TEACHER_STAGE = "teacher"
+# Key prefixes of the denoiser inside a teacher-stage checkpoint, best first: its EMA, then the raw weights.
+TEACHER_PREFIXES = ("ema.module.", "model.")
+TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class FrozenTeacherConfig:
+    """``stage.teacher``: how the frozen teacher runs and guides."""
+
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"  # on CUDA only; CPU runs float32
+    offload: bool = False  # keep it in host memory between steps (design choice for one 80 GB GPU)
+    guidance: GuidanceScales = field(default_factory=GuidanceScales)  # the guided target the student distils
+
+    def __post_init__(self) -> None:
+        if self.dtype not in TEACHER_DTYPES:
+            raise ValueError(f"stage.teacher.dtype={self.dtype!r} is not one of {', '.join(TEACHER_DTYPES)}")
+
+
+def select_teacher_weights(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
+    """The denoiser's keys (``dit.*``, ``audio_encoder.*``) from a teacher-stage state dict: ``ema.module.*``
+    when present, else ``model.*``, else the file as a bare denoiser state dict. Returns ``(weights, prefix)``."""
+    for prefix in TEACHER_PREFIXES:
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if weights:
+            return weights, prefix
+    return dict(state), ""
+
+
+class FrozenTeacher:
+    """The teacher as a fixed function (module doc)."""
+
+    def __init__(self, model: AudioVideoDenoiser, config: FrozenTeacherConfig) -> None:
+        self.model = model.requires_grad_(False).eval()
+        self.config = config
+        self.pattern = AttentionPattern.bidirectional()
+
+    @classmethod
+    def load(
+        cls,
+        dit: DiTConfig,
+        audio: AudioConfig,
+        checkpoint: str | Path | None,
+        config: FrozenTeacherConfig,
+    ) -> FrozenTeacher:
+        """Build the teacher's architecture (the student's ``dit`` / ``audio`` configs, less any pretrained
+        path) and load ``checkpoint`` strictly; ``None`` leaves it random (the caller decides whether that
+        is allowed)."""
+        from dataclasses import replace
+
+        model = AudioVideoDenoiser(build_dit(replace(dit, pretrained=None)), AudioEncoder(audio))
+        if checkpoint is None:
+            rank_zero_warn(
+                "stage.teacher_checkpoint is null: the frozen teacher is RANDOMLY INITIALISED, so the student "
+                "distils noise. Fine for tests only; set stage.teacher_checkpoint=PATH (or init_from=PATH, which "
+                "it defaults to)."
+            )
+            return cls(model, config)
+        state, meta = load_user_state(checkpoint)
+        stage = meta.get("stage")
+        if stage is not None and stage != TEACHER_STAGE:
+            raise CheckpointMismatchError(
+                f"stage.teacher_checkpoint={str(checkpoint)!r} is a '{stage}' checkpoint; it must come from the "
+                f"'{TEACHER_STAGE}' stage (experiment=teacher or tiny_teacher)"
+            )
+        weights, prefix = select_teacher_weights(state)
+        load_weights_into(model, weights, strict=True, source=f"stage.teacher_checkpoint={checkpoint}")
+        log.info("frozen teacher loaded from %s (%s weights)", checkpoint, prefix.rstrip(".") or "bare")
+        return cls(model, config)
+
+    def dtype_on(self, device: torch.device) -> torch.dtype:
+        return TEACHER_DTYPES[self.config.dtype] if device.type == "cuda" else torch.float32
+
+    @contextlib.contextmanager
+    def on_device(self, device: torch.device) -> Iterator[FrozenTeacher]:
+        """The teacher on ``device`` in its dtype for the body; with ``offload`` it returns to the host after."""
+        self.model.to(device=device, dtype=self.dtype_on(device))
+        try:
+            yield self
+        finally:
+            if self.config.offload and device.type != "cpu":
+                self.model.to("cpu")
+
+    @torch.no_grad()
+    def audio_tokens(self, waveform: Tensor, num_frames: int) -> Tensor:
+        """The teacher's own audio tokens ``(B, F, A, audio_dim)`` for a ``(B, S)`` waveform (its audio
+        encoder was trained with it and differs from the student's once the student trains)."""
+        return self.model.audio_encoder(waveform, num_frames)
+
+    def denoiser(self, audio: Tensor, ref: Tensor | None) -> Denoiser:
+        """``(x_t, t) -> v`` float32: the teacher's guided velocity (``stage.teacher.guidance``) over a
+        bidirectional window, without gradients. ``audio (B, Fw, A, audio_dim)``, ``ref (B, C, 1, h, w)``."""
+        dtype = next(self.model.parameters()).dtype
+        guided = guided_denoiser(
+            self.model, audio.to(dtype), None if ref is None else ref.to(dtype), self.pattern, self.config.guidance
+        )
+
+        @torch.no_grad()
+        def denoise(x_t: Tensor, t: Tensor) -> Tensor:
+            return guided(x_t.to(dtype), t).float()
+
+        return denoise

@@ -1,0 +1,522 @@
+"""Stage 3: the streaming student trained by Asynchronous Streaming Distillation (DESIGN §4.3).
+
+The student is the teacher's DiT with the block-causal windowed pattern: a chunk sees the ID-Sink (the
+reference tokens), the last W chunks (the Context-Cache) and itself. It starts from the teacher's
+weights (``init_from=teacher.ckpt``: see ``load_init_from`` for the key map).
+
+One ASD step, on a clip of C chunks (C >= W + 2 + future_chunks, so the current chunk k = C - 1 -
+future_chunks has a full window and chunk 0 has been evicted: the positions a long stream sees):
+
+1. Draw the step's control choices on rank 0 and broadcast them (``rest_lightning.distributed``): the
+   exit step of the current chunk and, per context chunk, own rollout or ground truth (``stage.asd.context``:
+   ``rollout``, ``ground_truth`` or a ``curriculum`` from teacher forcing to self-rollout). All ranks then
+   run the same number of forwards (FSDP / ZeRO-3 gather weights in every one).
+2. Roll the student out chunk by chunk through an ``IDContextCache`` exactly as the streaming generator
+   does (``DiT.forward_chunk``; few-step sampler from fresh noise; a clean pass at t = 0 writes the chunk's
+   keys/values), without gradients.
+3. On chunk k, run the sampler without gradients up to the exit step (``random``, Self-Forcing, or
+   ``last``), then one forward *with* gradients (ID-Sink recomputed with gradients too) at the exit
+   step's input ``x_t``.
+4. The frozen teacher (``stages/frozen_teacher.py``) gets the window ``diffusion/asd.py: teacher_window``
+   (the student's own outputs at ``teacher_context_time``, chunk k at the student's ``x_t``, future chunks
+   noisier or absent) and gives the target (``trajectory`` by default, ``velocity`` or ``x0``).
+5. Loss = ``asd.weight`` * ASD regression + ``flow_matching.weight`` * teacher-forced flow matching of the
+   block-causal student on the ground-truth clip (``student_no_asd`` = the latter alone; no teacher loaded)
+   + ``ode_init.weight`` * ODE regression on the teacher's trajectories (``student_ode_init`` = the latter
+   alone: the CausVid / Self-Forcing warm start, computed online from the frozen teacher).
+
+Ablations (configs of this one code path): ``cache.use_id_sink=false`` trains and streams without
+reference tokens; ``cache.use_context_cache=false`` with a window of 0 (every chunk sees itself and the
+sink); ``asd.weight=0`` + ``flow_matching.weight=1`` is the teacher-forced student.
+
+One optimizer (``stages/optim.py``), automatic optimization: any strategy, DeepSpeed included. The
+guidance null tokens are frozen (the student is distilled from the guided teacher and never drops a
+condition), so no parameter goes unused under DDP. Validation: ``stages/stream_validation.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rest_lightning.checkpoint import load_user_state, load_weights_into
+from rest_lightning.data.batch import ClipBatch
+from rest_lightning.diffusion.asd import (
+    ASD_TARGETS,
+    CONTEXT_SOURCES,
+    TeacherWindow,
+    asd_regression_loss,
+    asd_target,
+    ground_truth_context_probability,
+    ode_regression_inputs,
+    ode_trajectory,
+    teacher_window,
+)
+from rest_lightning.diffusion.flow import flow_matching_loss, per_frame_mse, x0_from_velocity
+from rest_lightning.diffusion.losses import draw_flow_matching
+from rest_lightning.diffusion.samplers import Denoiser, FewStepSampler
+from rest_lightning.diffusion.schedules import AsyncNoiseSchedule, IndependentSchedule
+from rest_lightning.distributed import broadcast_from_rank_zero
+from rest_lightning.models.attention import AttentionPattern, WindowKV
+from rest_lightning.models.audio import AudioConfig, AudioEncoder
+from rest_lightning.models.dit import DiTConfig, build_dit
+from rest_lightning.models.vae import VAEConfig
+from rest_lightning.stages.base import RestStage, plain_config
+from rest_lightning.stages.conditioning import AudioVideoDenoiser, ClipConditions, FrozenVAE, clip_conditions
+from rest_lightning.stages.ema import EMA
+from rest_lightning.stages.frozen_teacher import FrozenTeacher, FrozenTeacherConfig, select_teacher_weights
+from rest_lightning.stages.optim import DiffusionOptimConfig, build_optimizer
+from rest_lightning.stages.stream_validation import StreamValidationConfig, validate_streams
+from rest_lightning.stages.teacher import INIT_ONLY_KEYS
+from rest_lightning.streaming.cache import CacheConfig, CacheShape, IDContextCache
+
+log = logging.getLogger(__name__)
+
+TRAIN_STREAM, VAL_STREAM = 0, 1  # generator streams (as the teacher stage)
+CLEAN_TIME = 0.0  # the clean pass writes a chunk's keys/values at t = 0 (streaming/generator.py)
+
+
+@dataclass
+class ASDConfig:
+    """``stage.asd`` (module doc)."""
+
+    weight: float = 1.0  # 0 = no ASD (the teacher-forced ablation); the teacher is then not loaded
+    target: Literal["trajectory", "velocity", "x0"] = "trajectory"  # DESIGN §4.3 default
+    trajectory_steps: int = 8  # design choice: teacher Euler steps from the student's t to 0
+    context: Literal["rollout", "ground_truth", "curriculum"] = "rollout"  # Self-Forcing: own rollout
+    curriculum_steps: int = 1000  # design choice: ground truth -> rollout over this many steps
+    exit_step: Literal["random", "last"] = "random"  # Self-Forcing: random exit step
+    teacher_past_chunks: int | None = None  # past chunks the teacher sees; None = all rolled out
+    teacher_context_time: float = 0.05  # design choice: the student's past, lightly noised, for the teacher
+    future_chunks: int = 1  # design choice: ground-truth chunks after the current one (0 = absent)
+    future_step: float = 0.25  # design choice: each future chunk this much noisier (staggered, capped at 1)
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ValueError(f"stage.asd.weight={self.weight} must be >= 0")
+        if self.target not in ASD_TARGETS:
+            raise ValueError(f"stage.asd.target={self.target!r} is not one of {', '.join(ASD_TARGETS)}")
+        if self.context not in CONTEXT_SOURCES:
+            raise ValueError(f"stage.asd.context={self.context!r} is not one of {', '.join(CONTEXT_SOURCES)}")
+        if self.exit_step not in ("random", "last"):
+            raise ValueError(f"stage.asd.exit_step={self.exit_step!r} is not one of random, last")
+        if self.trajectory_steps < 1 or self.curriculum_steps < 1:
+            raise ValueError("stage.asd.trajectory_steps and stage.asd.curriculum_steps must be >= 1")
+        if self.teacher_past_chunks is not None and self.teacher_past_chunks < 0:
+            raise ValueError(f"stage.asd.teacher_past_chunks={self.teacher_past_chunks} must be >= 0 or null")
+        if not 0.0 <= self.teacher_context_time < 1.0 or self.future_chunks < 0 or self.future_step < 0:
+            raise ValueError(
+                "stage.asd needs teacher_context_time in [0, 1), future_chunks >= 0 and future_step >= 0; got "
+                f"{self.teacher_context_time}, {self.future_chunks}, {self.future_step}"
+            )
+
+
+@dataclass
+class FlowMatchingConfig:
+    """``stage.flow_matching``: the ground-truth (teacher-forced) flow-matching term."""
+
+    weight: float = 0.0  # design choice: off beside ASD; 1 in student_no_asd
+    schedule: AsyncNoiseSchedule = field(default_factory=IndependentSchedule)  # Diffusion Forcing
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ValueError(f"stage.flow_matching.weight={self.weight} must be >= 0")
+
+
+@dataclass
+class ODEInitConfig:
+    """``stage.ode_init``: ODE regression (CausVid / Self-Forcing warm start) on the teacher's trajectories."""
+
+    weight: float = 0.0  # 1 in student_ode_init (alone), 0 beside ASD
+    steps_per_level: int = 4  # design choice: teacher Euler steps between two student levels (16 in all)
+
+    def __post_init__(self) -> None:
+        if self.weight < 0 or self.steps_per_level < 1:
+            raise ValueError(
+                f"stage.ode_init needs weight >= 0 and steps_per_level >= 1, got {self.weight}, {self.steps_per_level}"
+            )
+
+
+@dataclass(frozen=True)
+class StepChoices:
+    """The random choices all ranks share in one step: the exit step and, per context chunk, whether it
+    is the ground truth (True) or the student's own rollout."""
+
+    exit_step: int
+    ground_truth: tuple[bool, ...]
+
+
+@dataclass(frozen=True)
+class AsdOutput:
+    """One ASD loss: ``loss`` scalar; ``outputs`` the context chunks as the student produced them
+    ``(B, C, k * cf, h, w)``; the exit step's input ``x_t``, time ``t (B, cf)`` and the student's
+    velocity there; the teacher's ``target`` and ``window``."""
+
+    loss: Tensor
+    outputs: Tensor | None
+    x_t: Tensor
+    t: Tensor
+    velocity: Tensor
+    target: Tensor
+    window: TeacherWindow
+
+
+@dataclass(frozen=True)
+class StudentLoss:
+    loss: Tensor
+    asd: AsdOutput | None
+    flow_matching: Tensor | None
+    ode: Tensor | None
+
+
+class StudentStage(RestStage):
+    stage_name = "student"
+    init_from_stages = ("teacher",)
+
+    def __init__(
+        self,
+        dit: DiTConfig,
+        audio: AudioConfig,
+        vae: VAEConfig,
+        vae_checkpoint: str | None,
+        teacher_checkpoint: str | None,
+        random_teacher_ok: bool = False,
+        teacher: FrozenTeacherConfig | None = None,
+        cache: CacheConfig | None = None,
+        chunk_frames: int = 1,  # DESIGN §3: must match the teacher's stage.chunk_frames
+        sampler: FewStepSampler | None = None,
+        asd: ASDConfig | None = None,
+        flow_matching: FlowMatchingConfig | None = None,
+        ode_init: ODEInitConfig | None = None,
+        optim: DiffusionOptimConfig | None = None,
+        validation: StreamValidationConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if dit.latent_channels != vae.latent_channels:
+            raise ValueError(
+                f"model.dit.latent_channels={dit.latent_channels} must equal model.vae.latent_channels={vae.latent_channels}"
+            )
+        self.dit_config, self.audio_config, self.vae_config = dit, audio, vae
+        self.cache_config = cache if cache is not None else CacheConfig()
+        self.chunk_frames = chunk_frames
+        self.sampler = sampler if sampler is not None else FewStepSampler()
+        self.asd = asd if asd is not None else ASDConfig()
+        self.flow_matching = flow_matching if flow_matching is not None else FlowMatchingConfig()
+        self.ode_init = ode_init if ode_init is not None else ODEInitConfig()
+        if self.asd.weight == 0 and self.flow_matching.weight == 0 and self.ode_init.weight == 0:
+            raise ValueError(
+                "stage.asd.weight, stage.flow_matching.weight and stage.ode_init.weight are all 0: nothing to train"
+            )
+        self.optim_config = optim if optim is not None else DiffusionOptimConfig()
+        self.validation_config = validation if validation is not None else StreamValidationConfig()
+        window = self.cache_config.window if self.cache_config.use_context_cache else 0
+        self.pattern = AttentionPattern.block_causal(window, chunk_frames)
+        self.model = AudioVideoDenoiser(build_dit(dit), AudioEncoder(audio))
+        # Never trained here (module doc): frozen so DDP sees no unused parameter.
+        self.model.dit.null_audio.requires_grad_(False)
+        self.model.dit.null_ref.requires_grad_(False)
+        decay = self.optim_config.ema_decay
+        self.ema = EMA(self.model, decay) if decay is not None else None
+        self.frozen_vae = FrozenVAE.load(vae, vae_checkpoint)  # plain attribute: not saved, not sharded
+        self.teacher: FrozenTeacher | None = None
+        if self.asd.weight > 0 or self.ode_init.weight > 0:
+            # On the meta device (shapes only, DESIGN §10) no weights load, so a missing path is no error there.
+            if teacher_checkpoint is None and not random_teacher_ok and torch.empty(0).device.type != "meta":
+                raise ValueError(
+                    "stage.teacher_checkpoint is null (it defaults to init_from): set init_from=TEACHER.ckpt or "
+                    "stage.teacher_checkpoint=PATH; tests may set stage.random_teacher_ok=true"
+                )
+            self.teacher = FrozenTeacher.load(dit, audio, teacher_checkpoint, teacher or FrozenTeacherConfig())
+        self._seed = torch.initial_seed()
+
+    def identity_config(self) -> dict[str, Any]:
+        def architecture(config: Any) -> dict[str, Any]:
+            return plain_config({k: v for k, v in asdict(config).items() if k not in INIT_ONLY_KEYS})
+
+        return {
+            "dit": architecture(self.dit_config),
+            "audio": architecture(self.audio_config),
+            "vae": architecture(self.vae_config),
+            "chunk_frames": self.chunk_frames,
+            "cache": plain_config(asdict(self.cache_config)),
+            "ema": self.ema is not None,
+        }
+
+    def setup(self, stage: str) -> None:
+        from lightning.pytorch.strategies import DeepSpeedStrategy
+
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3 and self.ema is not None:
+            raise ValueError(
+                "strategy=deepspeed_zero3 partitions the EMA copy, which stages/ema.py updates as whole tensors; "
+                "use strategy=deepspeed_zero2, ddp or fsdp, or set stage.optim.ema_decay=null"
+            )
+
+    def load_init_from(self, path: str | Path, *, strict: bool = True, key_map: dict[str, str] | None = None) -> None:
+        """``init_from`` a teacher checkpoint with no key map: teacher ``ema.module.*`` (else ``model.*``)
+        -> student ``model.*`` and ``ema.module.*`` (the EMA starts at the same weights). Anything else (a
+        student checkpoint, an explicit ``init_from_key_map``) takes ``RestStage.load_init_from``."""
+        state, meta = load_user_state(path)
+        if key_map or meta.get("stage") != "teacher":
+            super().load_init_from(path, strict=strict, key_map=key_map)
+            if self.ema is not None and not any(k.startswith("ema.") for k in state):
+                self.ema.module.load_state_dict(self.model.state_dict())
+            return
+        self.check_compatible(meta, source=f"init_from={path}", resume=False)
+        weights, prefix = select_teacher_weights(state)
+        mapped = {f"model.{k}": v for k, v in weights.items()}
+        if self.ema is not None:
+            mapped |= {f"ema.module.{k}": v for k, v in weights.items()}
+        load_weights_into(self, mapped, strict=strict, source=f"init_from={path} ({prefix or 'bare'} weights)")
+        log.info("student initialised from the teacher's %s weights in %s", prefix.rstrip(".") or "bare", path)
+
+    # --- the step's randomness -------------------------------------------------------------------
+
+    def _generator(self, stream: int, index: int) -> torch.Generator:
+        seed = np.random.SeedSequence([self._seed, self.global_rank, stream, index]).generate_state(1)[0]
+        return torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def step_choices(self, num_context: int, step: int, generator: torch.Generator) -> StepChoices:
+        """Draw the exit step and the context sources from ``generator`` (so each rank draws its own) and
+        keep rank 0's (``broadcast_from_rank_zero``; single-process it is the draw itself)."""
+        levels = len(self.sampler.timesteps)
+        exit_step = torch.randint(levels, (1,), generator=generator, device=self.device)
+        if self.asd.exit_step == "last":
+            exit_step.fill_(levels - 1)
+        p_truth = ground_truth_context_probability(self.asd.context, step, self.asd.curriculum_steps)
+        truth = torch.rand(num_context, generator=generator, device=self.device) < p_truth
+        shared = broadcast_from_rank_zero(torch.cat([exit_step, truth.long()]))
+        return StepChoices(int(shared[0]), tuple(bool(v) for v in shared[1:].tolist()))
+
+    # --- the student's rollout and the ASD loss ------------------------------------------------------
+
+    def _new_cache(self, latents: Tensor) -> IDContextCache:
+        batch, _, _, height, width = latents.shape
+        config = self.dit_config
+        shape = CacheShape(config.num_layers, batch, height * width, self.chunk_frames * height * width, config.width)
+        return IDContextCache(self.cache_config, shape, latents.dtype, latents.device)
+
+    def _chunk_velocity(self, model: AudioVideoDenoiser, x: Tensor, t: float, audio: Tensor, windows: list[WindowKV]) -> Tensor:
+        times = torch.full((x.shape[0], self.chunk_frames), t, device=x.device)
+        return model.dit.forward_chunk(x, times, audio, windows, self.pattern).velocity
+
+    def _chunk_denoiser(self, model: AudioVideoDenoiser, audio: Tensor, windows: list[WindowKV]) -> Denoiser:
+        """The student's (unguided) velocity of one chunk reading ``windows``, as a sampler ``Denoiser``."""
+
+        def denoise(x: Tensor, t: Tensor) -> Tensor:
+            return model.dit.forward_chunk(x, t, audio, windows, self.pattern).velocity
+
+        return denoise
+
+    def asd_loss(
+        self, model: AudioVideoDenoiser, cond: ClipConditions, generator: torch.Generator, choices: StepChoices
+    ) -> AsdOutput:
+        """The ASD loss of ``model`` (the student) on ``cond`` (module doc, steps 2-4). Draws from
+        ``generator``, in order: each context chunk's noise (and sampler re-noising), the current chunk's
+        noise up to the exit step, then the teacher window's noise."""
+        assert self.teacher is not None, "asd_loss needs the frozen teacher (stage.asd.weight > 0)"
+        cf, levels = self.chunk_frames, list(self.sampler.timesteps)
+        x0 = cond.latents
+        num_chunks = self.pattern.num_chunks(x0.shape[2])
+        current = num_chunks - 1 - self.asd.future_chunks
+        if current < 0:
+            raise ValueError(f"a clip of {num_chunks} chunks has no current chunk with stage.asd.future_chunks="
+                             f"{self.asd.future_chunks}")
+        frames = lambda c: slice(c * cf, (c + 1) * cf)  # noqa: E731  chunk c's latent frames
+        ref = cond.ref if self.cache_config.use_id_sink else None
+        cache = self._new_cache(x0)
+        outputs = []
+        with torch.no_grad():
+            if ref is not None:
+                cache.set_id_sink(model.dit.encode_id_sink(ref))
+            for c in range(current):
+                audio = cond.audio[:, frames(c)]
+                if choices.ground_truth[c]:
+                    out = x0[:, :, frames(c)]
+                else:
+                    noise = torch.randn(x0[:, :, frames(c)].shape, generator=generator, device=x0.device, dtype=x0.dtype)
+                    out = self.sampler.sample(self._chunk_denoiser(model, audio, cache.read()), noise, generator)
+                outputs.append(out)
+                if self.cache_config.use_context_cache:
+                    clean = torch.full((out.shape[0], cf), CLEAN_TIME, device=out.device)
+                    cache.write(model.dit.forward_chunk(out, clean, audio, cache.read(), self.pattern).kv)
+            audio = cond.audio[:, frames(current)]
+            windows = cache.read()
+            x = torch.randn(x0[:, :, frames(current)].shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            for i in range(choices.exit_step):
+                estimate = x0_from_velocity(x, self._chunk_velocity(model, x, levels[i], audio, windows),
+                                            torch.full((x.shape[0], cf), levels[i], device=x.device))
+                fresh = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x = (1 - levels[i + 1]) * estimate + levels[i + 1] * fresh
+        # The exit step with gradients: the ID-Sink is recomputed so the reference pathway learns too.
+        if ref is not None:
+            sink = model.dit.encode_id_sink(ref)
+            windows = [WindowKV(s, w.context, w.num_context_chunks) for s, w in zip(sink, windows, strict=True)]
+        t_exit = levels[choices.exit_step]
+        velocity = self._chunk_velocity(model, x, t_exit, cond.audio[:, frames(current)], windows)
+        t = torch.full((x.shape[0], cf), t_exit, device=x.device)
+        past = torch.cat(outputs, dim=2) if outputs else None
+        num_past = current if self.asd.teacher_past_chunks is None else min(current, self.asd.teacher_past_chunks)
+        future_end = (current + 1 + self.asd.future_chunks) * cf
+        teacher = self.teacher
+        with teacher.on_device(x.device):
+            window = teacher_window(
+                past[:, :, (current - num_past) * cf :] if past is not None and num_past > 0 else None,
+                x,
+                t[:, 0],
+                x0[:, :, (current + 1) * cf : future_end] if self.asd.future_chunks > 0 else None,
+                self.asd.teacher_context_time,
+                self.asd.future_step,
+                cf,
+                generator,
+            )
+            window_frames = slice((current - num_past) * cf, future_end)
+            audio_teacher = teacher.audio_tokens(cond.waveform, x0.shape[2])[:, window_frames]
+            denoise = teacher.denoiser(audio_teacher, cond.ref)
+            target = asd_target(self.asd.target, denoise, window, self.asd.trajectory_steps)
+        loss = asd_regression_loss(self.asd.target, velocity, x, t, target.to(velocity.dtype))
+        return AsdOutput(loss, past, x, t, velocity, target, window)
+
+    def flow_matching_loss(self, model: AudioVideoDenoiser, cond: ClipConditions, generator: torch.Generator) -> Tensor:
+        """Teacher-forced flow matching of the block-causal student on the ground-truth clip."""
+        draw = draw_flow_matching(cond.latents, self.flow_matching.schedule, self.chunk_frames, generator)
+        ref = cond.ref if self.cache_config.use_id_sink else None
+        v = model(draw.x_t, draw.t, cond.audio, ref, self.pattern)
+        return flow_matching_loss(v, draw.target)
+
+    def ode_loss(self, model: AudioVideoDenoiser, cond: ClipConditions, generator: torch.Generator) -> Tensor:
+        """ODE regression: the teacher's guided ODE from fresh noise over the whole clip, recorded at the
+        student's levels (``ode_trajectory``); each chunk takes the state at a random level (CausVid) and the
+        block-causal student regresses its x0 onto the ODE's end point. Draws: noise, then the levels."""
+        assert self.teacher is not None, "ode_loss needs the frozen teacher (stage.ode_init.weight > 0)"
+        x0, levels = cond.latents, list(self.sampler.timesteps)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        with self.teacher.on_device(x0.device):
+            denoise = self.teacher.denoiser(self.teacher.audio_tokens(cond.waveform, x0.shape[2]), cond.ref)
+            trajectory = ode_trajectory(denoise, noise.float(), levels, self.ode_init.steps_per_level)
+        num_chunks = self.pattern.num_chunks(x0.shape[2])
+        index = torch.randint(len(levels), (x0.shape[0], num_chunks), generator=generator, device=x0.device)
+        x_t = ode_regression_inputs(trajectory, index, self.chunk_frames).to(x0.dtype)
+        t = torch.tensor(levels, device=x0.device)[index].repeat_interleave(self.chunk_frames, dim=1)
+        ref = cond.ref if self.cache_config.use_id_sink else None
+        v = model(x_t, t, cond.audio, ref, self.pattern)
+        return per_frame_mse(x0_from_velocity(x_t, v, t), trajectory[-1]).mean()
+
+    def training_loss(
+        self, model: AudioVideoDenoiser, cond: ClipConditions, generator: torch.Generator, choices: StepChoices
+    ) -> StudentLoss:
+        total = torch.zeros((), device=cond.latents.device)
+        asd = fm = ode = None
+        if self.asd.weight > 0:
+            asd = self.asd_loss(model, cond, generator, choices)
+            total = total + self.asd.weight * asd.loss
+        if self.flow_matching.weight > 0:
+            fm = self.flow_matching_loss(model, cond, generator)
+            total = total + self.flow_matching.weight * fm
+        if self.ode_init.weight > 0:
+            ode = self.ode_loss(model, cond, generator)
+            total = total + self.ode_init.weight * ode
+        return StudentLoss(total, asd, fm, ode)
+
+    def check_clip_length(self, num_frames: int) -> int:
+        """Chunks of a training clip; refuses clips too short to reach the positions after eviction."""
+        num_chunks = self.pattern.num_chunks(num_frames)
+        future = self.asd.future_chunks if self.asd.weight > 0 else 0
+        needed = self.pattern.window + 2 + future
+        if num_chunks < needed:
+            raise ValueError(
+                f"training clips hold {num_chunks} chunks but the student needs C >= W + 2 + future_chunks = "
+                f"{needed} (W={self.pattern.window}) so that it trains on the window positions a long stream "
+                "sees after eviction; raise data.cfg.latent_frames or lower stage.cache.window"
+            )
+        return num_chunks
+
+    # --- Lightning hooks ------------------------------------------------------------------------
+
+    def conditions(self, batch: ClipBatch) -> ClipConditions:
+        dtype = next(self.model.dit.parameters()).dtype
+        return clip_conditions(batch, self.frozen_vae, self.model.audio_encoder, dtype)
+
+    def training_step(self, batch: ClipBatch, batch_idx: int) -> Tensor:
+        cond = self.conditions(batch)
+        num_chunks = self.check_clip_length(cond.latents.shape[2])
+        generator = self._generator(TRAIN_STREAM, self.global_step)
+        choices = self.step_choices(max(0, num_chunks - 1 - self.asd.future_chunks), self.global_step, generator)
+        out = self.training_loss(self.model, cond, generator, choices)
+        size = len(batch)
+        self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=size)
+        if out.asd is not None:
+            self.log("train/asd_loss", out.asd.loss.detach(), batch_size=size)
+            self.log("train/exit_step", float(choices.exit_step), batch_size=size)
+        if out.flow_matching is not None:
+            self.log("train/flow_matching_loss", out.flow_matching.detach(), batch_size=size)
+        if out.ode is not None:
+            self.log("train/ode_loss", out.ode.detach(), batch_size=size)
+        self.log("train/skipped_samples", float(batch.skipped), reduce_fx="sum", batch_size=size)
+        return out.loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def validation_step(self, batch: ClipBatch, batch_idx: int) -> None:
+        model = self.ema.module if self.ema is not None else self.model
+        cond = self.conditions(batch)
+        num_chunks = self.pattern.num_chunks(cond.latents.shape[2])
+        generator = self._generator(VAL_STREAM, batch_idx)
+        choices = self.step_choices(max(0, num_chunks - 1 - self.asd.future_chunks), self.global_step, generator)
+        with torch.no_grad():
+            out = self.training_loss(model, cond, generator, choices)
+        size = len(batch)
+        self.log("val/loss", out.loss, batch_size=size, sync_dist=True)
+        if out.asd is not None:
+            self.log("val/asd_loss", out.asd.loss, batch_size=size, sync_dist=True)
+        if out.flow_matching is not None:
+            self.log("val/flow_matching_loss", out.flow_matching, batch_size=size, sync_dist=True)
+        if out.ode is not None:
+            self.log("val/ode_loss", out.ode, batch_size=size, sync_dist=True)
+        if batch_idx == 0 and self.validation_config.stream_clips > 0:
+            validate_streams(self, model, batch, cond)
+
+    def stream_config(self) -> Any:
+        from rest_lightning.streaming.generator import StreamConfig
+
+        cache = self.cache_config
+        return StreamConfig(
+            window=cache.window,
+            chunk_frames=self.chunk_frames,
+            timesteps=tuple(self.sampler.timesteps),
+            use_id_sink=cache.use_id_sink,
+            use_context_cache=cache.use_context_cache,
+            seed=self.validation_config.seed,
+        )
+
+    def configure_optimizers(self) -> Any:
+        max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+        return build_optimizer(self.model.parameters(), self.optim_config, max_steps)
+
+
+def student_from_teacher_state(stage: StudentStage, teacher_model: AudioVideoDenoiser) -> None:
+    """Copy a teacher denoiser's weights into the student (and its EMA): what ``init_from`` does, in memory."""
+    state = teacher_model.state_dict()
+    stage.model.load_state_dict(state)
+    if stage.ema is not None:
+        stage.ema.module.load_state_dict(state)
+
+
+__all__ = [
+    "ASDConfig",
+    "AsdOutput",
+    "FlowMatchingConfig",
+    "ODEInitConfig",
+    "StepChoices",
+    "StudentLoss",
+    "StudentStage",
+    "student_from_teacher_state",
+]
