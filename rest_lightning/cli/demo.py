@@ -7,9 +7,11 @@ the outputs are. Each step calls the same library function as its own CLI:
    reconstruction video;
 4. stage 2, the tiny teacher on that VAE's latents (``rest-train experiment=tiny_teacher``), with a
    sampled clip (ground truth | sample, with its audio);
-5. streaming: a 10-second clip from the teacher's weights run block-causally through the ID-Context
-   Cache (``rest-generate``; the ASD student replaces the teacher when issue 7 lands);
-6. the engine benchmark (``rest-bench size=tiny``), its table printed.
+5. stage 3, the tiny ASD student distilled from that teacher (``rest-train experiment=tiny_student``);
+6. streaming: a 10-second clip from the student through the ID-Context Cache (``rest-generate``);
+7. the engine benchmark (``rest-bench size=tiny``), its table printed;
+8. evaluation of the student on the held-out test split (``rest-eval``, protocol smoke_v1) with
+   random-weight metric networks: every number is labelled uncalibrated. table.md is printed.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def _stream_inputs(folder: Path, raw: Path, cfg: DictConfig) -> tuple[Path, Path
 
 def _demo(cfg: DictConfig) -> None:
     from rest_lightning.cli.bench import bench
+    from rest_lightning.cli.eval import run as run_eval
     from rest_lightning.cli.generate import generate, with_size_overrides
     from rest_lightning.cli.prep import run as run_prep_cli
     from rest_lightning.training import train
@@ -59,14 +62,14 @@ def _demo(cfg: DictConfig) -> None:
     outputs: dict[str, Path | None] = {}
     raw, shards = out / "raw", out / "shards"
 
-    log.info("[demo 1/6] synthetic talking-head corpus -> %s", raw)
+    log.info("[demo 1/8] synthetic talking-head corpus -> %s", raw)
     run_prep_cli(compose("prep", [
         "mode=synth", f"output={raw}", f"synth.seed={cfg.seed}",
         *(f"synth.{k}={v}" for k, v in cfg.synth.items()),
     ]))
     outputs["synthetic videos"] = raw
 
-    log.info("[demo 2/6] rest-prep -> %s", shards)
+    log.info("[demo 2/8] rest-prep -> %s", shards)
     run_prep_cli(compose("prep", [
         f"input={raw}", f"output={shards}", f"prep.seed={cfg.seed}", "prep.progress=false",
         *(f"prep.{k}={v}" for k, v in cfg.prep.items()),
@@ -74,7 +77,7 @@ def _demo(cfg: DictConfig) -> None:
     outputs["shards"] = shards
     outputs["manifest"] = shards / "manifest.json"
 
-    log.info("[demo 3/6] stage 1: tiny causal VAE")
+    log.info("[demo 3/8] stage 1: tiny causal VAE")
     vae = train(compose("train", [
         "experiment=tiny_vae", f"data.cfg.root={shards}", f"data.cfg.latent_frames={cfg.prep.latent_frames}",
         f"run_dir={out / 'runs' / 'tiny_vae'}", "resume=never", f"seed={cfg.seed}",
@@ -86,7 +89,7 @@ def _demo(cfg: DictConfig) -> None:
     videos = sorted((vae.run_dir / "media").glob("reconstruction_step*.mp4"))
     outputs["VAE reconstruction"] = videos[-1] if videos else None
 
-    log.info("[demo 4/6] stage 2: tiny teacher on the VAE's latents")
+    log.info("[demo 4/8] stage 2: tiny teacher on the VAE's latents")
     teacher = train(compose("train", [
         "experiment=tiny_teacher", f"data.cfg.root={shards}", f"data.cfg.latent_frames={cfg.prep.latent_frames}",
         f"stage.vae_checkpoint={vae.last_checkpoint}", f"run_dir={out / 'runs' / 'tiny_teacher'}", "resume=never",
@@ -98,19 +101,41 @@ def _demo(cfg: DictConfig) -> None:
     samples = sorted((teacher.run_dir / "media").glob("sample_step*.mp4"))
     outputs["teacher sample"] = samples[-1] if samples else None
 
-    log.info("[demo 5/6] streaming %.0f s from the teacher (block-causal, ID-Context Cache)", cfg.stream_seconds)
+    log.info("[demo 5/8] stage 3: tiny ASD student distilled from the teacher")
+    student = train(compose("train", [
+        "experiment=tiny_student", f"data.cfg.root={shards}", f"data.cfg.latent_frames={cfg.prep.latent_frames}",
+        f"init_from={teacher.last_checkpoint}", f"stage.vae_checkpoint={vae.last_checkpoint}",
+        "stage.random_teacher_ok=false", f"run_dir={out / 'runs' / 'tiny_student'}", "resume=never",
+        f"seed={cfg.seed}", f"trainer.max_steps={cfg.student_steps}",
+        f"trainer.val_check_interval={cfg.student_steps}", f"checkpoint.every_n_steps={cfg.student_steps}",
+    ]))
+    outputs["student run"] = student.run_dir
+    outputs["student checkpoint"] = student.last_checkpoint
+    window = compose("train", ["experiment=tiny_student", "data.cfg.root=x"]).stage.cache.window
+    stream = [f"stream.window={window}", f"resolution={cfg.prep.size}"]
+
+    log.info("[demo 6/8] streaming %.0f s from the student (ID-Context Cache, W=%d)", cfg.stream_seconds, window)
     ref, speech = _stream_inputs(out / "stream", raw, cfg)
     outputs["streamed video"] = generate(compose("generate", with_size_overrides([
-        f"ckpt={teacher.last_checkpoint}", f"vae_ckpt={vae.last_checkpoint}", f"ref={ref}", f"audio={speech}",
-        f"out={out / 'stream' / 'teacher_stream.mp4'}", f"resolution={cfg.prep.size}", "ref_detector=haar",
+        f"ckpt={student.last_checkpoint}", f"vae_ckpt={vae.last_checkpoint}", f"ref={ref}", f"audio={speech}",
+        f"out={out / 'stream' / 'student_stream.mp4'}", "ref_detector=haar", *stream,
     ])))
 
-    log.info("[demo 6/6] rest-bench: the tiny engine, %d chunks", cfg.bench_chunks)
+    log.info("[demo 7/8] rest-bench: the tiny engine, %d chunks", cfg.bench_chunks)
     bench_json = out / "bench_tiny.json"
-    bench(compose("bench", with_size_overrides([
-        f"chunks={cfg.bench_chunks}", f"out={bench_json}", f"resolution={cfg.prep.size}",
-    ])))
+    bench(compose("bench", with_size_overrides([f"chunks={cfg.bench_chunks}", f"out={bench_json}", *stream])))
     outputs["bench report"] = bench_json
+
+    log.info("[demo 8/8] rest-eval: the student on the held-out test split (random-weight metrics)")
+    run_eval(compose("eval", [
+        f"testset={shards}", "protocol=smoke_v1", f"out={out / 'eval'}", f"max_items={cfg.eval_items}",
+        f"ckpts={{student: '{student.last_checkpoint}'}}", f"vae_ckpt={vae.last_checkpoint}",
+        f"bench={{student: '{bench_json}'}}", "generate=[" + ",".join(f"'{o}'" for o in stream) + "]",
+        "eval.networks=tiny", "eval.allow_random_weights=true", "bootstrap.samples=200", "bootstrap.frechet_samples=20",
+    ]))
+    table = out / "eval" / "table.md"
+    outputs["evaluation table"] = table
+    print("\n" + table.read_text())
 
     print("\nrest-demo finished. Outputs:")
     for name, path in outputs.items():
