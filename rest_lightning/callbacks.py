@@ -1,13 +1,20 @@
-"""Lightning callbacks shared by every stage."""
+"""Lightning callbacks shared by every stage: checkpoints, provenance, per-step RNG seeding, progress.
+
+Telemetry (throughput, data wait, gradient norm, MFU, memory) and the non-finite-loss guard are in
+``rest_lightning.telemetry``.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 log = logging.getLogger(__name__)
@@ -37,6 +44,61 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._last_global_step_saved < trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def batches_done(trainer: L.Trainer) -> int:
+    """Training batches processed so far in the run (across epochs and resumes): the index of the batch
+    about to start. The data stream and :class:`StepSeed` count in batches, not optimizer steps, so
+    two-optimizer stages and gradient accumulation do not shift them."""
+    return int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
+
+
+class StepSeed(L.Callback):
+    """Re-seed torch, numpy and Python's RNGs before every training batch from (seed, rank, batch).
+
+    Why: randomness drawn from the global generators (posterior samples, dropout, anything a stage
+    builds lazily inside ``training_step``) then depends only on the batch index, not on everything the
+    process drew before. That is what makes a resumed run draw exactly what the uninterrupted run drew,
+    on every rank (a checkpoint holds only rank 0's RNG state), and what gives each rank its own noise
+    (``seed_everything`` seeds every rank alike). Stages that keep their own ``torch.Generator`` seeded
+    by step (the teacher) are unaffected.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        seed_for_batch(self.seed, trainer.global_rank, batches_done(trainer))
+
+
+def seed_for_batch(seed: int, rank: int, batch: int) -> None:
+    """Seed the global torch (CPU and CUDA), numpy and ``random`` generators from (seed, rank, batch)."""
+    state = np.random.SeedSequence([seed, rank, batch]).generate_state(2)
+    value = int(state[0]) << 32 | int(state[1])
+    torch.manual_seed(value)
+    np.random.seed(int(state[0]))
+    random.seed(value)
+
+
+class RunProvenance(L.Callback):
+    """Writes ``checkpoint["rest_run"]``: the git SHA of the code, the run directory, the strategy and
+    world size, so ``rest-ckpt info``/``export`` can say where a checkpoint came from."""
+
+    def __init__(self, run_dir: Path, git_sha: str, strategy: str) -> None:
+        self.run_dir, self.git_sha, self.strategy = str(run_dir), git_sha, strategy
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        from rest_lightning.checkpoint import RUN_KEY
+
+        checkpoint[RUN_KEY] = {
+            "git_sha": self.git_sha,
+            "run_dir": self.run_dir,
+            "strategy": self.strategy,
+            "world_size": trainer.world_size,
+            "precision": str(trainer.precision),
+        }
 
 
 class PlainProgressLog(L.Callback):

@@ -10,6 +10,12 @@ Two kinds of files, two trust levels (DESIGN §7):
 Every checkpoint a :class:`~rest_lightning.stages.base.RestStage` writes carries a ``"rest"`` entry
 (stage name, model config, package version) so a checkpoint of another stage or config is refused with
 a message naming both, instead of failing deep inside ``load_state_dict``.
+
+Under ``strategy=deepspeed_*`` a checkpoint is a DeepSpeed ZeRO *directory* (``last.ckpt/`` holding
+``latest`` and ``checkpoint/*_model_states.pt`` + ``*_optim_states.pt``), not a file. Resume, ``info``,
+``export`` and ``init_from`` accept either; weights of a ZeRO directory are consolidated to fp32 with
+DeepSpeed's converter, after checking that its pickles reference nothing but DeepSpeed's own
+checkpoint types (:data:`ZERO_SAFE_GLOBALS`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,24 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 log = logging.getLogger(__name__)
 
 META_KEY = "rest"
+RUN_KEY = "rest_run"  # provenance (git SHA, run directory, strategy), written by callbacks.RunProvenance
 LAST_NAME = "last.ckpt"
+# Written by telemetry.NonFiniteGuard when a run stops on non-finite losses: kept for inspection, never
+# resumed by resume=auto (it would diverge again); resume=PATH takes it.
+NONFINITE_PREFIX = "nonfinite-"
+ZERO_TAG_FILE = "latest"  # DeepSpeed writes the tag of the newest save here
+# Lightning's DeepSpeed wrapper prefix in checkpoints written before Lightning 2.1.
+_FORWARD_MODULE_PREFIX = "_forward_module."
+# The only classes a ZeRO directory's pickles may name (DeepSpeed 0.15-0.19 write these); anything else
+# is refused before DeepSpeed's converter, which unpickles with weights_only=False, reads the files.
+ZERO_SAFE_GLOBALS = frozenset({
+    "deepspeed.utils.tensor_fragment.fragment_address",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "torch.optim.adamw.AdamW",
+    "collections.OrderedDict",
+})
 _STEP_RE = re.compile(r"step=(\d+)")
 _HPC_RE = re.compile(r"hpc_ckpt_(\d+)\.ckpt$")
 
@@ -59,20 +82,82 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
+def is_zero_checkpoint(path: str | os.PathLike) -> bool:
+    """True for a DeepSpeed ZeRO checkpoint directory (what Lightning's DeepSpeed strategy saves)."""
+    path = Path(path)
+    return path.is_dir() and (path / ZERO_TAG_FILE).is_file()
+
+
+def zero_tag_dir(path: str | os.PathLike) -> Path:
+    """The folder of the newest save inside a ZeRO directory (named by its ``latest`` file)."""
+    path = Path(path)
+    return path / (path / ZERO_TAG_FILE).read_text().strip()
+
+
+def zero_model_state_file(path: str | os.PathLike) -> Path:
+    """Rank 0's model-states file of a ZeRO directory: Lightning's client state (step, loops, ``rest``
+    metadata, RNG states) lives there next to DeepSpeed's own entries."""
+    tag = zero_tag_dir(path)
+    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"):
+        if (tag / name).is_file():
+            return tag / name
+    raise FileNotFoundError(f"{path} is a ZeRO directory without a rank-0 model-states file in {tag}")
+
+
+def read_checkpoint_header(path: str | os.PathLike) -> dict[str, Any]:
+    """Everything but the tensors' contents of one of the run's own checkpoints, a file or a ZeRO
+    directory: ``global_step``, ``epoch``, ``rest`` metadata, ``loops``... (memory-mapped; the caller
+    trusts the file, as it does when resuming it)."""
+    path = Path(path)
+    file = zero_model_state_file(path) if is_zero_checkpoint(path) else path
+    return torch.load(file, map_location="cpu", mmap=True, weights_only=False)
+
+
 def checkpoint_step(path: Path) -> int:
-    """Global step stored in one of the run's own checkpoints (reads the file, memory-mapped)."""
-    ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    return int(ckpt.get("global_step", -1))
+    """Global step stored in one of the run's own checkpoints (a file or a ZeRO directory)."""
+    return int(read_checkpoint_header(path).get("global_step", -1))
+
+
+def check_zero_pickles(path: str | os.PathLike) -> None:
+    """Refuse a ZeRO directory whose pickled files name any class outside :data:`ZERO_SAFE_GLOBALS`
+    (DeepSpeed's converter unpickles them fully, so this is what keeps a handed-in directory weights-only)."""
+    tag = zero_tag_dir(path)
+    for file in sorted(tag.glob("*.pt")):
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(file))) - ZERO_SAFE_GLOBALS
+        if unsafe:
+            raise CheckpointMismatchError(
+                f"{file} references {', '.join(sorted(unsafe))}: not a plain DeepSpeed ZeRO checkpoint, so it "
+                "is not unpickled. Convert it where it was written (`rest-ckpt export ckpt=DIR out=FILE.safetensors`)."
+            )
+
+
+def load_zero_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(fp32 state_dict, client_state)`` of a ZeRO-1/2/3 directory, any world size: DeepSpeed's
+    ``get_fp32_state_dict_from_zero_checkpoint`` merges the optimizer's fp32 partitions (the master
+    weights, not the possibly half-precision module copy). Keys as in the LightningModule's own
+    ``state_dict()``; ``client_state`` holds Lightning's entries (``global_step``, ``rest``...)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    path = Path(path).expanduser()
+    check_zero_pickles(path)
+    state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=None)
+    state = {k[len(_FORWARD_MODULE_PREFIX):] if k.startswith(_FORWARD_MODULE_PREFIX) else k: v for k, v in state.items()}
+    client = torch.load(zero_model_state_file(path), map_location="cpu", weights_only=True)
+    deepspeed_keys = ("module", "optimizer", "lr_scheduler", "param_shapes", "frozen_param_shapes",
+                      "frozen_param_fragments", "shared_params", "buffer_names", "ds_config")
+    return state, {k: v for k, v in client.items() if k not in deepspeed_keys}
 
 
 def find_resume_checkpoint(run_dir: Path) -> Path | None:
     """Newest checkpoint of a run: the highest global step among ``last.ckpt``, ``step=*.ckpt`` and
-    SLURM's ``hpc_ckpt_*.ckpt`` (written by Lightning on SIGUSR1 before a requeue). Ties go to
-    ``hpc_ckpt`` then ``last.ckpt``, which are written later in the same step than periodic ones.
-    Temporary files of an interrupted save are ignored."""
+    SLURM's ``hpc_ckpt_*.ckpt`` (written by Lightning on SIGUSR1 before a requeue), files or DeepSpeed
+    ZeRO directories. Ties go to ``hpc_ckpt`` then ``last.ckpt``, which are written later in the same
+    step than periodic ones. Temporary files of an interrupted save and ``nonfinite-*`` are ignored."""
     candidates = [
         p for folder in (run_dir / "checkpoints", run_dir) if folder.is_dir()
-        for p in folder.glob("*.ckpt") if not p.name.startswith(".")
+        for p in folder.glob("*.ckpt") if not p.name.startswith((".", NONFINITE_PREFIX))
+        # A ZeRO directory without its 'latest' file is a save that was interrupted before it finished.
+        and (p.is_file() or is_zero_checkpoint(p))
     ]
     if not candidates:
         return None
@@ -90,11 +175,19 @@ def load_user_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     """Read a file a user hands in as weights only: ``(state_dict, rest_metadata)``.
 
     Accepts a Lightning ``.ckpt`` (its ``state_dict`` and ``"rest"`` entry), a plain ``.pt`` state dict,
-    or a ``.safetensors`` file (metadata from its header, as ``rest-ckpt export`` writes it).
+    a ``.safetensors`` file (metadata from its header, as ``rest-ckpt export`` writes it), or a DeepSpeed
+    ZeRO directory (consolidated to fp32, see :func:`load_zero_weights`).
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"init_from={str(path)!r} does not exist")
+    if is_zero_checkpoint(path):
+        state, client = load_zero_weights(path)
+        return state, dict(client.get(META_KEY, {}))
+    if path.is_dir():
+        raise CheckpointMismatchError(
+            f"{path} is a folder but not a DeepSpeed ZeRO checkpoint (no '{ZERO_TAG_FILE}' file in it)"
+        )
     if path.suffix == ".safetensors":
         import json
 

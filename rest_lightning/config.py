@@ -93,6 +93,17 @@ class StrategyConfig:
 
 
 @dataclass
+class TelemetryConfig:
+    """``telemetry.*``: the Telemetry and NonFiniteGuard callbacks (rest_lightning/telemetry.py)."""
+
+    enabled: bool = True  # throughput, data wait, grad norm, peak memory, MFU under train/
+    # Peak FLOP/s of one device in the training dtype, e.g. 989e12 for an H100 SXM in bf16 dense (NVIDIA
+    # datasheet); null: train/mfu is not logged.
+    peak_flops: float | None = None
+    max_nonfinite_steps: int = 5  # design choice: non-finite losses in a row before the run stops
+
+
+@dataclass
 class ClusterConfig:
     kind: str = "local"  # local | slurm
     submit: bool = True
@@ -131,6 +142,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     data: Any = None
     model: Any = None
     stage: Any = None
@@ -141,6 +153,7 @@ _SCHEMAS: dict[str, type] = {"train_schema": TrainConfig}
 _SCHEMA_FACTORIES: dict[str, str] = {
     "prep_schema": "rest_lightning.cli.prep:prep_schema",
     "doctor_schema": "rest_lightning.launch.doctor:doctor_schema",
+    "ckpt_schema": "rest_lightning.cli.ckpt:ckpt_schema",
     "eval_schema": "rest_lightning.cli.eval:eval_schema",
 }
 
@@ -242,9 +255,10 @@ def stage_class(cfg: DictConfig) -> type:
 def validate_train_config(cfg: DictConfig) -> None:
     """Cross-field checks Hydra's schema cannot express. Raises ConfigError naming the key."""
     resume = cfg.resume
-    if resume not in RESUME_MODES and not Path(resume).expanduser().is_file():
+    if resume not in RESUME_MODES and not Path(resume).expanduser().exists():
         raise ConfigError(
-            f"resume={resume!r} is neither one of {', '.join(RESUME_MODES)} nor an existing checkpoint file"
+            f"resume={resume!r} is neither one of {', '.join(RESUME_MODES)} nor an existing checkpoint "
+            "(a file, or a DeepSpeed ZeRO directory)"
         )
     if cfg.init_from is not None and not Path(cfg.init_from).expanduser().exists():
         raise ConfigError(f"init_from={cfg.init_from!r} does not exist")
@@ -259,6 +273,10 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise ConfigError("set trainer.max_steps (or trainer.max_epochs): the run would never end")
     if cfg.checkpoint.every_n_steps < 1:
         raise ConfigError(f"checkpoint.every_n_steps={cfg.checkpoint.every_n_steps} must be >= 1")
+    if cfg.telemetry.max_nonfinite_steps < 1:
+        raise ConfigError(f"telemetry.max_nonfinite_steps={cfg.telemetry.max_nonfinite_steps} must be >= 1")
+    if cfg.telemetry.peak_flops is not None and cfg.telemetry.peak_flops <= 0:
+        raise ConfigError(f"telemetry.peak_flops={cfg.telemetry.peak_flops} must be > 0 (FLOP/s per device) or null")
     if cfg.checkpoint.keep_last == 0 or cfg.checkpoint.keep_last < -1:
         raise ConfigError(f"checkpoint.keep_last={cfg.checkpoint.keep_last} must be >= 1, or -1 to keep all")
 
@@ -274,10 +292,11 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"set trainer.gradient_clip_val=null (got {cfg.trainer.gradient_clip_val})"
         )
     if cfg.strategy.name == "deepspeed":
-        if cfg.trainer.accelerator == "cpu":
+        # trainer.accelerator=cpu runs the CPU test path (launch/strategies.py: CPUDeepSpeedStrategy).
+        if cfg.trainer.accelerator == "cpu" and cfg.trainer.precision not in ("32-true", "32", "bf16-mixed"):
             raise ConfigError(
-                "strategy=deepspeed_* needs CUDA GPUs (Lightning's DeepSpeed strategy refuses "
-                "trainer.accelerator=cpu). Use strategy=ddp on a CPU."
+                f"strategy=deepspeed_* on trainer.accelerator=cpu runs in trainer.precision=32-true or bf16-mixed, "
+                f"got {cfg.trainer.precision!r}"
             )
         if n_optimizers != 1:
             raise ConfigError(

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rest_lightning.config import ConfigError, validate_train_config
@@ -83,9 +82,18 @@ def build_logger(cfg: DictConfig, run_dir: RunDir) -> Any:
 def build_callbacks(cfg: DictConfig, run_dir: RunDir) -> list[Any]:
     from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 
-    from rest_lightning.callbacks import PlainProgressLog, RunCheckpoint
+    from rest_lightning.callbacks import PlainProgressLog, RunCheckpoint, RunProvenance, StepSeed
+    from rest_lightning.run_dir import git_sha
+    from rest_lightning.telemetry import NonFiniteGuard, Telemetry
 
-    callbacks: list[Any] = [RunCheckpoint(run_dir.checkpoints, cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last)]
+    callbacks: list[Any] = [
+        RunCheckpoint(run_dir.checkpoints, cfg.checkpoint.every_n_steps, cfg.checkpoint.keep_last),
+        RunProvenance(run_dir.path, git_sha(), cfg.strategy.name),
+        StepSeed(cfg.seed),
+        NonFiniteGuard(cfg.telemetry.max_nonfinite_steps, run_dir.checkpoints),
+    ]
+    if cfg.telemetry.enabled and cfg.logger.kind != "none":
+        callbacks.append(Telemetry(cfg.telemetry.peak_flops, cfg.trainer.log_every_n_steps))
     if cfg.logger.kind != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     callbacks.append(RichProgressBar() if _interactive() else PlainProgressLog(cfg.trainer.log_every_n_steps))
@@ -102,11 +110,26 @@ def select_resume_checkpoint(cfg: DictConfig, run_dir: RunDir) -> Path | None:
     return Path(cfg.resume).expanduser()
 
 
-def check_resume_compatible(stage: Any, ckpt_path: Path) -> None:
-    """Refuse, before any process group starts, a checkpoint of another stage or config."""
-    from rest_lightning.checkpoint import META_KEY
+def check_resume_compatible(stage: Any, ckpt_path: Path, strategy_name: str) -> None:
+    """Refuse, before any process group starts, a checkpoint of another stage or config, or one the
+    configured strategy cannot read (a DeepSpeed ZeRO directory needs strategy=deepspeed_*, and a
+    single file cannot restore DeepSpeed's partitioned optimizer)."""
+    from rest_lightning.checkpoint import (
+        META_KEY,
+        CheckpointMismatchError,
+        is_zero_checkpoint,
+        read_checkpoint_header,
+    )
 
-    meta = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False).get(META_KEY, {})
+    zero = is_zero_checkpoint(ckpt_path)
+    if zero != (strategy_name == "deepspeed"):
+        kind = "a DeepSpeed ZeRO directory" if zero else "a single-file checkpoint"
+        raise CheckpointMismatchError(
+            f"resume checkpoint {ckpt_path} is {kind}, which strategy={strategy_name} cannot resume. Resume with "
+            f"the strategy that wrote it ({'strategy=deepspeed_zero2/3' if zero else 'ddp, fsdp or auto'}), or "
+            f"start a new run_dir with init_from={ckpt_path} (weights only)."
+        )
+    meta = read_checkpoint_header(ckpt_path).get(META_KEY, {})
     stage.check_compatible(meta, source=f"resume checkpoint {ckpt_path}", resume=True)
 
 
@@ -136,7 +159,7 @@ def train(cfg: DictConfig) -> TrainResult:
 
     ckpt_path = select_resume_checkpoint(cfg, run_dir)
     if ckpt_path is not None:
-        check_resume_compatible(stage, ckpt_path)
+        check_resume_compatible(stage, ckpt_path, cfg.strategy.name)
         log.info("resuming from %s", ckpt_path)
         if cfg.init_from:
             log.warning("init_from=%s ignored: resuming the run's own checkpoint %s", cfg.init_from, ckpt_path)
@@ -168,7 +191,7 @@ def _fit(cfg: DictConfig, run_dir: RunDir, is_rank_zero: bool, datamodule: Any, 
     trainer_kwargs = OmegaConf.to_container(cfg.trainer)
     trainer = L.Trainer(
         **trainer_kwargs,
-        strategy=build_strategy(cfg.strategy, type(stage).has_unused_parameters),
+        strategy=build_strategy(cfg.strategy, type(stage).has_unused_parameters, cfg.trainer.accelerator),
         plugins=[AtomicCheckpointIO()] if cfg.strategy.name != "deepspeed" else None,
         default_root_dir=str(run_dir.checkpoints),
         logger=build_logger(cfg, run_dir),

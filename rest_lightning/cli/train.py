@@ -29,7 +29,10 @@ def _train(cfg: DictConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("rest-train", "train", SUMMARY, _train, argv, GROUPS, extra_errors=(CheckpointMismatchError,))
+    from rest_lightning.telemetry import NonFiniteLossError
+
+    return run_cli("rest-train", "train", SUMMARY, _train, argv, GROUPS,
+                   extra_errors=(CheckpointMismatchError, NonFiniteLossError))
 
 
 if __name__ == "__main__":

@@ -155,7 +155,9 @@ class TrainClipStream(IterableDataset):
         self.next_step = self.end_step
 
     def __len__(self) -> int:
-        return self.end_step - self.first_step
+        # The whole epoch, not the part this pass yields: after a mid-epoch resume Lightning counts the
+        # batches it already processed against this length, so the remaining ones are exactly this pass.
+        return self.epoch_steps
 
     def batch(self, step: int) -> ClipBatch:
         """Batch number ``step`` of this rank's stream (pure function of seed, rank, step)."""

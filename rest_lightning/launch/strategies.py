@@ -1,16 +1,63 @@
-"""Build the Lightning strategy named by ``conf/strategy/*.yaml``."""
+"""Build the Lightning strategy named by ``conf/strategy/*.yaml``.
+
+GPU runs get Lightning's own strategies. The one exception is :class:`CPUDeepSpeedStrategy`, the
+**CPU test path** for DeepSpeed: Lightning's ``DeepSpeedStrategy`` refuses any accelerator but CUDA,
+while DeepSpeed itself runs ZeRO-2/3 on CPU processes over gloo. The subclass exists so the suite
+(and a user without a GPU) can exercise ZeRO checkpoints, resume and export on a laptop; it is picked
+only when ``trainer.accelerator=cpu`` and is not meant for speed.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from omegaconf import DictConfig
 
+STRATEGY_NAMES = ("auto", "ddp", "ddp_spawn", "deepspeed", "fsdp")
 
-def build_strategy(cfg: DictConfig, stage_has_unused_parameters: bool = False) -> Any:
-    """``cfg`` is the ``strategy`` node (see ``rest_lightning.config.StrategyConfig``);
-    ``stage_has_unused_parameters`` comes from the stage class (``RestStage.has_unused_parameters``)."""
-    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
+
+class CPUDeepSpeedStrategy(DeepSpeedStrategy):
+    """CPU TEST PATH: Lightning's ``DeepSpeedStrategy`` on CPU processes (gloo), for tests and laptops.
+
+    Three overrides, nothing else (see ../shared/reference/environment.md, "DeepSpeed on CPU"):
+    skip the CUDA-only accelerator check, put each rank on ``cpu:<local_rank>``, and initialise
+    DeepSpeed's process group without the CUDA device-index validation. Checkpoints it writes are
+    ordinary ZeRO directories, identical in layout to the GPU strategy's.
+    """
+
+    strategy_name = "deepspeed_cpu"
+
+    def setup_environment(self) -> None:
+        # DeepSpeedStrategy.setup_environment raises unless the accelerator is CUDA; its parent's
+        # (DDPStrategy) sets up the accelerator and process group, which is all CPU needs.
+        from lightning.pytorch.strategies import DDPStrategy
+
+        DDPStrategy.setup_environment(self)
+
+    @property
+    def root_device(self) -> torch.device:
+        return torch.device("cpu", self.local_rank)
+
+    def setup_distributed(self) -> None:
+        from lightning.fabric.utilities.seed import reset_seed
+
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+
+
+def build_strategy(cfg: DictConfig, stage_has_unused_parameters: bool = False, accelerator: str = "auto") -> Any:
+    """The ``strategy`` argument of ``lightning.Trainer``.
+
+    Args:
+        cfg: the ``strategy`` config node (``rest_lightning.config.StrategyConfig``).
+        stage_has_unused_parameters: ``RestStage.has_unused_parameters`` of the stage class.
+        accelerator: ``trainer.accelerator``; ``cpu`` with ``strategy.name=deepspeed`` selects the
+            CPU test path (:class:`CPUDeepSpeedStrategy`).
+    """
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
     name = cfg.name
     find_unused = cfg.find_unused_parameters or stage_has_unused_parameters
@@ -21,9 +68,22 @@ def build_strategy(cfg: DictConfig, stage_has_unused_parameters: bool = False) -
     if name == "ddp_spawn":
         return DDPStrategy(start_method="spawn", find_unused_parameters=find_unused)
     if name == "deepspeed":
-        return DeepSpeedStrategy(
-            stage=cfg.zero_stage, offload_optimizer=cfg.offload_optimizer, offload_parameters=cfg.offload_parameters
+        cls = CPUDeepSpeedStrategy if accelerator == "cpu" else DeepSpeedStrategy
+        kwargs: dict[str, Any] = {}
+        if accelerator == "cpu":
+            # Offloading to the CPU from the CPU moves nothing; DeepSpeed would still insist on its
+            # CPU Adam (a 45 s JIT build) for the client optimizer. Allow the stage's own optimizer.
+            kwargs["zero_force_ds_cpu_optimizer"] = False
+        strategy = cls(
+            stage=cfg.zero_stage,
+            offload_optimizer=cfg.offload_optimizer,
+            offload_parameters=cfg.offload_parameters,
+            # DeepSpeed otherwise asks for a batch size it cannot infer from our iterable loaders.
+            logging_batch_size_per_gpu=1,
         )
+        if kwargs and strategy.config is not None:
+            strategy.config.update(kwargs)
+        return strategy
     if name == "fsdp":
         return FSDPStrategy(sharding_strategy=cfg.sharding_strategy)
-    raise ValueError(f"strategy.name={name!r} is not one of auto, ddp, ddp_spawn, deepspeed, fsdp")
+    raise ValueError(f"strategy.name={name!r} is not one of {', '.join(STRATEGY_NAMES)}")

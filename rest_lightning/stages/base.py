@@ -44,6 +44,11 @@ class RestStage(L.LightningModule):
         """Plain (JSON-able) config that defines the architecture; stored in every checkpoint."""
         raise NotImplementedError(f"{type(self).__name__} must define identity_config()")
 
+    def tokens_per_sample(self, batch: Any) -> int | None:
+        """Tokens the main model processes per sample of ``batch`` (telemetry's train/tokens_per_s);
+        None when the notion does not apply."""
+        return None
+
     # --- checkpoint identity and RNG ------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -114,6 +114,17 @@ class FrozenVAE:
         return self.vae.decode(self._follow(latents)).clamp(-1, 1).float()
 
 
+def latent_tokens_per_clip(batch: ClipBatch, vae: VAEConfig) -> int:
+    """Tokens the DiT sees per clip of ``batch``: its latent frames x latent height x latent width plus
+    the reference's one latent frame (telemetry's train/tokens_per_s)."""
+    if batch.latent is not None:
+        frames, height, width = batch.latent.shape[2:]
+    else:
+        t, h, w = batch.video.shape[2:]
+        frames, height, width = vae.latent_frames(t), h // vae.spatial_compression, w // vae.spatial_compression
+    return (frames + 1) * height * width
+
+
 class AudioVideoDenoiser(nn.Module):
     """The trainable networks of a diffusion stage: ``dit`` and ``audio_encoder`` (module doc)."""
 

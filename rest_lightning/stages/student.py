@@ -68,7 +68,13 @@ from rest_lightning.models.audio import AudioConfig, AudioEncoder
 from rest_lightning.models.dit import DiTConfig, build_dit
 from rest_lightning.models.vae import VAEConfig
 from rest_lightning.stages.base import RestStage, plain_config
-from rest_lightning.stages.conditioning import AudioVideoDenoiser, ClipConditions, FrozenVAE, clip_conditions
+from rest_lightning.stages.conditioning import (
+    AudioVideoDenoiser,
+    ClipConditions,
+    FrozenVAE,
+    clip_conditions,
+    latent_tokens_per_clip,
+)
 from rest_lightning.stages.ema import EMA
 from rest_lightning.stages.frozen_teacher import FrozenTeacher, FrozenTeacherConfig, select_teacher_weights
 from rest_lightning.stages.optim import DiffusionOptimConfig, build_optimizer
@@ -234,6 +240,9 @@ class StudentStage(RestStage):
                 )
             self.teacher = FrozenTeacher.load(dit, audio, teacher_checkpoint, teacher or FrozenTeacherConfig())
         self._seed = torch.initial_seed()
+
+    def tokens_per_sample(self, batch: ClipBatch) -> int:
+        return latent_tokens_per_clip(batch, self.vae_config)
 
     def identity_config(self) -> dict[str, Any]:
         def architecture(config: Any) -> dict[str, Any]:

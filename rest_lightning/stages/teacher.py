@@ -58,6 +58,7 @@ from rest_lightning.stages.conditioning import (
     FrozenVAE,
     clip_conditions,
     guided_denoiser,
+    latent_tokens_per_clip,
 )
 from rest_lightning.stages.ema import EMA
 from rest_lightning.stages.optim import DiffusionOptimConfig, build_optimizer
@@ -148,6 +149,9 @@ class TeacherStage(RestStage):
         self.val_metrics = ValMetrics(metrics if metrics is not None else ValMetricsConfig())
         # train() seeds before it builds the stage, so this is the run seed, also after a resume.
         self._seed = torch.initial_seed()
+
+    def tokens_per_sample(self, batch: ClipBatch) -> int:
+        return latent_tokens_per_clip(batch, self.vae_config)
 
     def identity_config(self) -> dict[str, Any]:
         def architecture(config: Any) -> dict[str, Any]:

@@ -43,6 +43,8 @@ from rest_lightning.stages.val_metrics import ValMetrics, ValMetricsConfig
 
 log = logging.getLogger(__name__)
 
+LPIPS_RANDOM_BACKBONE_SEED = 0  # design choice: any fixed value; see VAEStage.perceptual
+
 
 @dataclass
 class VAELossConfig:
@@ -142,8 +144,12 @@ class VAEStage(RestStage):
             import lpips
 
             random_backbone = self.loss_config.lpips_backbone == "random"
-            net = lpips.LPIPS(net=self.loss_config.lpips_net, pretrained=True, pnet_rand=random_backbone,
-                              verbose=False)
+            # A random backbone is drawn from a fixed seed, aside from the global RNG: the same network
+            # in every run, on every rank and after every resume (else the objective changes on resume).
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(LPIPS_RANDOM_BACKBONE_SEED)
+                net = lpips.LPIPS(net=self.loss_config.lpips_net, pretrained=True, pnet_rand=random_backbone,
+                                  verbose=False)
             self._perceptual.append(net.requires_grad_(False).eval())
         net = self._perceptual[0].to(a.device)
         n = self.loss_config.lpips_frames

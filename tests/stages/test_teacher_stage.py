@@ -360,3 +360,18 @@ def test_overfitting_one_clip_lowers_the_loss_and_sampling_reproduces_it():
     noise_error = (noise - target.latents).flatten(1).norm(dim=1) / scale
     assert sample_error.max() < 0.4, f"sample rel. L2 {sample_error.tolist()}"
     assert noise_error.min() > 1.2, f"noise rel. L2 {noise_error.tolist()}"
+
+
+def test_tokens_per_sample_counts_latent_and_reference_tokens(tiny_shards):
+    """Telemetry's tokens/s: (latent frames + reference frame) x latent height x width, from either mode."""
+    from rest_lightning.config import compose
+    from rest_lightning.data.batch import ClipBatch
+    from rest_lightning.training import instantiate_node
+
+    stage = instantiate_node(compose("train", ["experiment=tiny_teacher", f"data.cfg.root={tiny_shards}"]).stage, "stage")
+    video = ClipBatch(video=torch.zeros(1, 3, 17, 32, 32), audio=torch.zeros(1, 17 * 640), ref=torch.zeros(1, 3, 32, 32),
+                      latent=None, mask=torch.ones(1, dtype=torch.bool), start_frame=torch.zeros(1), keys=["a"])
+    assert stage.tokens_per_sample(video) == (3 + 1) * 4 * 4  # vae_tiny: 8x8x8 compression
+    latent = ClipBatch(video=None, audio=video.audio, ref=video.ref, latent=torch.zeros(1, 8, 3, 4, 4),
+                       mask=video.mask, start_frame=video.start_frame, keys=["a"])
+    assert stage.tokens_per_sample(latent) == (3 + 1) * 4 * 4
