@@ -22,10 +22,6 @@ EXIT_USAGE = 2
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 
 
-class NotBuiltError(RuntimeError):
-    """A capability whose issue has not landed yet."""
-
-
 def setup_logging() -> None:
     level = os.environ.get("REST_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
@@ -82,22 +78,7 @@ def run_cli(
             print(OmegaConf.to_yaml(cfg))
             return 0
         fn(cfg)
-    except (*USER_ERRORS, NotBuiltError, *extra_errors) as err:
+    except (*USER_ERRORS, *extra_errors) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     return 0
-
-
-def not_built(prog: str, capability: str, issue: int) -> Callable[[Sequence[str] | None], int]:
-    """Entry point of a CLI whose capability has not landed: ``--help`` works, running says so."""
-
-    def main(argv: Sequence[str] | None = None) -> int:
-        args = list(sys.argv[1:] if argv is None else argv)
-        message = f"{prog}: {capability} is not built yet (issue {issue})."
-        if any(a in ("-h", "--help") for a in args):
-            print(f"usage: {prog} [key=value ...]\n\n{message}")
-            return 0
-        print(f"{prog}: error: {capability} is not built yet (issue {issue}).", file=sys.stderr)
-        return EXIT_USAGE
-
-    return main

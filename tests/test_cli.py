@@ -1,0 +1,33 @@
+"""Every rest-* entry point answers --help, refuses unknown options, and rest-train lists the experiments."""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from rest_lightning.config import list_options
+
+SCRIPTS = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_help_and_unknown_option(name, capsys):
+    module, func = SCRIPTS[name].split(":")
+    main = getattr(importlib.import_module(module), func)
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {name}")
+    assert main(["--no-such-option"]) == 2
+    assert "unknown option" in capsys.readouterr().err
+
+
+def test_rest_train_help_lists_every_experiment(capsys):
+    from rest_lightning.cli.train import main
+
+    main(["--help"])
+    out = capsys.readouterr().out
+    for experiment in list_options("experiment"):
+        assert f"  {experiment}\n" in out
