@@ -15,8 +15,9 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -27,9 +28,10 @@ from rest_lightning.data.batch import ClipBatch
 from rest_lightning.diffusion.guidance import GuidanceScales, guided_velocity
 from rest_lightning.diffusion.samplers import Denoiser
 from rest_lightning.models.attention import AttentionPattern
-from rest_lightning.models.audio import AudioEncoder
-from rest_lightning.models.dit import DiT
+from rest_lightning.models.audio import AudioConfig, AudioEncoder
+from rest_lightning.models.dit import DiT, DiTConfig
 from rest_lightning.models.vae import CausalVideoVAE, VAEConfig
+from rest_lightning.stages.base import plain_config
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,29 @@ class FrozenVAE:
         """Normalised latents ``(B, C, F, h, w)`` -> video ``(B, 3, 1 + 8 (F - 1), H, W)`` in [-1, 1]
         (clamped)."""
         return self.vae.decode(self._follow(latents)).clamp(-1, 1).float()
+
+
+# Config fields that say how to initialise or run a model, not what it is: left out of identity_config,
+# so moving a weights folder or switching activation checkpointing does not block a resume.
+INIT_ONLY_KEYS = (
+    "pretrained",
+    "pretrained_cross_attention",
+    "pretrained_audio_projection",
+    "activation_checkpointing",
+)
+
+
+def diffusion_identity_config(
+    dit: DiTConfig, audio: AudioConfig, vae: VAEConfig, chunk_frames: int, has_ema: bool
+) -> dict[str, Any]:
+    """What a teacher / student checkpoint must match to be resumed (RestStage.identity_config): the
+    architectures without INIT_ONLY_KEYS, the chunk size and whether an EMA copy exists."""
+
+    def architecture(config: Any) -> dict[str, Any]:
+        return plain_config({k: v for k, v in asdict(config).items() if k not in INIT_ONLY_KEYS})
+
+    return {"dit": architecture(dit), "audio": architecture(audio), "vae": architecture(vae),
+            "chunk_frames": chunk_frames, "ema": has_ema}
 
 
 def latent_tokens_per_clip(batch: ClipBatch, vae: VAEConfig) -> int:

@@ -73,13 +73,13 @@ from rest_lightning.stages.conditioning import (
     ClipConditions,
     FrozenVAE,
     clip_conditions,
+    diffusion_identity_config,
     latent_tokens_per_clip,
 )
 from rest_lightning.stages.ema import EMA
 from rest_lightning.stages.frozen_teacher import FrozenTeacher, FrozenTeacherConfig, select_teacher_weights
 from rest_lightning.stages.optim import DiffusionOptimConfig, build_optimizer
 from rest_lightning.stages.stream_validation import StreamValidationConfig, validate_streams
-from rest_lightning.stages.teacher import INIT_ONLY_KEYS
 from rest_lightning.streaming.cache import CacheConfig, CacheShape, IDContextCache
 
 log = logging.getLogger(__name__)
@@ -245,16 +245,10 @@ class StudentStage(RestStage):
         return latent_tokens_per_clip(batch, self.vae_config)
 
     def identity_config(self) -> dict[str, Any]:
-        def architecture(config: Any) -> dict[str, Any]:
-            return plain_config({k: v for k, v in asdict(config).items() if k not in INIT_ONLY_KEYS})
-
         return {
-            "dit": architecture(self.dit_config),
-            "audio": architecture(self.audio_config),
-            "vae": architecture(self.vae_config),
-            "chunk_frames": self.chunk_frames,
+            **diffusion_identity_config(self.dit_config, self.audio_config, self.vae_config, self.chunk_frames,
+                                        self.ema is not None),
             "cache": plain_config(asdict(self.cache_config)),
-            "ema": self.ema is not None,
         }
 
     def setup(self, stage: str) -> None:

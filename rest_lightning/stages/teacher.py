@@ -26,7 +26,7 @@ the clip's audio to ``<run_dir>/media/sample_step*.mp4`` (ground truth | sample)
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +51,13 @@ from rest_lightning.models.attention import AttentionPattern
 from rest_lightning.models.audio import AudioConfig, AudioEncoder
 from rest_lightning.models.dit import DiTConfig, build_dit
 from rest_lightning.models.vae import VAEConfig
-from rest_lightning.stages.base import RestStage, plain_config
+from rest_lightning.stages.base import RestStage
 from rest_lightning.stages.conditioning import (
     AudioVideoDenoiser,
     ClipConditions,
     FrozenVAE,
     clip_conditions,
+    diffusion_identity_config,
     guided_denoiser,
     latent_tokens_per_clip,
 )
@@ -66,14 +67,6 @@ from rest_lightning.stages.val_metrics import ValMetrics, ValMetricsConfig
 
 log = logging.getLogger(__name__)
 
-# Config fields that say how to initialise or run a model, not what it is: left out of identity_config,
-# so moving a weights folder or switching activation checkpointing does not block a resume.
-INIT_ONLY_KEYS = (
-    "pretrained",
-    "pretrained_cross_attention",
-    "pretrained_audio_projection",
-    "activation_checkpointing",
-)
 TRAIN_STREAM, VAL_STREAM = 0, 1  # generator streams (module doc)
 
 
@@ -154,16 +147,8 @@ class TeacherStage(RestStage):
         return latent_tokens_per_clip(batch, self.vae_config)
 
     def identity_config(self) -> dict[str, Any]:
-        def architecture(config: Any) -> dict[str, Any]:
-            return plain_config({k: v for k, v in asdict(config).items() if k not in INIT_ONLY_KEYS})
-
-        return {
-            "dit": architecture(self.dit_config),
-            "audio": architecture(self.audio_config),
-            "vae": architecture(self.vae_config),
-            "chunk_frames": self.chunk_frames,
-            "ema": self.ema is not None,
-        }
+        return diffusion_identity_config(self.dit_config, self.audio_config, self.vae_config, self.chunk_frames,
+                                         self.ema is not None)
 
     def setup(self, stage: str) -> None:
         from lightning.pytorch.strategies import DeepSpeedStrategy
