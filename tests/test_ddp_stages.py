@@ -16,6 +16,7 @@ STAGES = {
     "tiny_vae": [],
     "tiny_teacher": [],
     "tiny_student": [],  # random teacher (random_teacher_ok in the tiny config): DDP mechanics only
+    "tiny_student_dmd": [],  # two optimizers, manual optimization, a trainable critic
 }
 
 
