@@ -47,6 +47,7 @@ def _worker(rank: int, world: int, folder: str) -> None:
         result = {"helper": shared.tolist(), "dtype": str(shared.dtype), "student": _student_choices(rank)}
         with open(f"{folder}/rank{rank}.json", "w") as f:
             json.dump(result, f)
+        dist.barrier()  # leave the last collective together before tearing gloo down (see test_metric_distributed)
     finally:
         dist.destroy_process_group()
 

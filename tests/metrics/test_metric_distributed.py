@@ -50,6 +50,9 @@ WORKER = textwrap.dedent(
     def worker(rank, init_file, out_file):
         dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=2)
         result = values(rank, 2)
+        # Both ranks leave their last collective together: a rank that tears gloo down while its peer
+        # is still inside one aborts ("terminate called without an active exception", seen under load).
+        dist.barrier()
         dist.destroy_process_group()
         if rank == 0:
             # The single-process reference, computed here to spare a third interpreter start.
