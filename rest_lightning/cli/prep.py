@@ -1,5 +1,6 @@
 """``rest-prep``: raw talking videos -> WebDataset shards (``mode=prep``), a synthetic corpus
-(``mode=synth``), or shards with VAE latents added (``mode=encode``, for stages 2-3). Exits non-zero if nothing was written or the config is wrong; rejected inputs are
+(``mode=synth``), shards with VAE latents added (``mode=encode``, for stages 2-3), or latent shards with the
+frozen teacher's ODE trajectories added (``mode=ode``, for ``student_ode_init``). Exits non-zero if nothing was written or the config is wrong; rejected inputs are
 listed in ``<output>/rejected.jsonl`` and the run goes on."""
 
 from __future__ import annotations
@@ -19,20 +20,24 @@ log = logging.getLogger(__name__)
 
 SUMMARY = ("Prepare talking-head videos into sharded WebDataset tar streams (mode=prep), write the "
            "synthetic talking-head corpus (mode=synth), or copy shards adding each clip's VAE latent "
-           "(mode=encode input=SHARDS output=DIR encode.vae=VAE_CKPT). Outputs: "
+           "(mode=encode input=SHARDS output=DIR encode.vae=VAE_CKPT), or copy latent shards adding the frozen "
+           "teacher's ODE trajectory of each clip (mode=ode input=LATENT_SHARDS output=DIR ode.teacher=TEACHER_CKPT "
+           "ode.vae=VAE_CKPT). Outputs: "
            "<output>/{train,val,test}/shard-*.tar, manifest.json, rejected.jsonl.")
-MODES = ("prep", "synth", "encode")
+MODES = ("prep", "synth", "encode", "ode")
 
 
 def prep_schema() -> type:
     """Root schema of conf/prep.yaml: the prep.* and synth.* keys are PrepConfig's and SynthConfig's fields."""
     from data_prep.config import PrepConfig
     from data_prep.encode_latents import EncodeConfig
+    from data_prep.ode_trajectories import OdeConfig
     from rest_lightning.data.synthetic import SynthConfig
 
     prep_fields = fields_schema("PrepFields", PrepConfig, exclude=("input", "output"))
     synth_fields = fields_schema("SynthFields", SynthConfig, exclude=("output",))
     encode_fields = fields_schema("EncodeFields", EncodeConfig)
+    ode_fields = fields_schema("OdeFields", OdeConfig)
 
     @dataclass
     class PrepRoot:
@@ -42,8 +47,9 @@ def prep_schema() -> type:
         prep: Any = field(default_factory=prep_fields)
         synth: Any = field(default_factory=synth_fields)
         encode: Any = field(default_factory=encode_fields)
+        ode: Any = field(default_factory=ode_fields)
 
-    PrepRoot.__annotations__.update(prep=prep_fields, synth=synth_fields, encode=encode_fields)
+    PrepRoot.__annotations__.update(prep=prep_fields, synth=synth_fields, encode=encode_fields, ode=ode_fields)
     return PrepRoot
 
 
@@ -51,6 +57,7 @@ def run(cfg: DictConfig) -> Any:
     """Run what ``cfg`` (conf/prep.yaml) asks for; returns the PrepSummary or the list of written files."""
     from data_prep.config import PrepConfig
     from data_prep.encode_latents import EncodeConfig, encode_shards
+    from data_prep.ode_trajectories import OdeConfig, write_ode_shards
     from data_prep.run import run_prep
     from rest_lightning.checkpoint import CheckpointMismatchError
     from rest_lightning.data.synthetic import SynthConfig, write_synthetic_corpus
@@ -70,6 +77,15 @@ def run(cfg: DictConfig) -> Any:
             print(f"rest-prep: encoded {summary.clips} clips ({', '.join(f'{k} {v}' for k, v in summary.splits.items())}) "
                   f"to latents {summary.latent_shape} in {summary.elapsed_s:.1f} s -> {cfg.output} "
                   "(train on them with data.cfg.mode=latent)")
+            return summary
+        if cfg.mode == "ode":
+            if not cfg.input or not cfg.output:
+                raise ConfigError("mode=ode needs input=LATENT_SHARDS (a rest-prep mode=encode output) and output=DIR")
+            summary = write_ode_shards(cfg.input, cfg.output, OdeConfig(**OmegaConf.to_container(cfg.ode)))
+            print(f"rest-prep: wrote the teacher's ODE trajectories {summary.ode_shape} of {summary.clips} clips "
+                  f"({', '.join(f'{k} {v}' for k, v in summary.splits.items())}) in {summary.elapsed_s:.1f} s -> "
+                  f"{cfg.output} (train on them with experiment=student_ode_init data.cfg.mode=latent "
+                  "stage.ode_init.from_shards=true)")
             return summary
         prep = PrepConfig(input=cfg.input, output=cfg.output, **OmegaConf.to_container(cfg.prep))
         summary = run_prep(prep)  # raises ValueError for an input that is neither a folder nor a manifest

@@ -14,7 +14,9 @@ class ClipItem:
     video: ``(3, T, H, W)`` float32 in [-1, 1] (``None`` in latent mode); audio: ``(T * spf,)``
     float32 in [-1, 1], frame i covering samples ``[i * spf, (i + 1) * spf)``; ref: ``(3, H, W)``
     float32 in [-1, 1]; latent: ``(C, 1 + k, h, w)`` float32 or ``None``; valid: False for a
-    padding item standing in for a corrupt or missing validation sample.
+    padding item standing in for a corrupt or missing validation sample; ode: the teacher's ODE
+    trajectory ``(S + 1, C, 1 + k, h, w)`` float32 (latent mode, shards with ``ode.npy``; noise first,
+    sample last, frames cut like ``latent``) or ``None``.
     """
 
     video: torch.Tensor | None
@@ -24,6 +26,7 @@ class ClipItem:
     valid: bool
     key: str
     start_frame: int  # first frame of the window, in 25 fps frames of the source video (-1 = padding)
+    ode: torch.Tensor | None = None
 
 
 @dataclass
@@ -34,7 +37,8 @@ class ClipBatch:
     audio: ``(B, T * spf)`` float32 waveform at 16 kHz; ref: ``(B, 3, H, W)`` in [-1, 1];
     latent: ``(B, C, 1 + k, h, w)`` or ``None``; mask: ``(B,)`` bool, False = padding (exclude from
     metrics); start_frame: ``(B,)`` long; keys: sample keys; skipped: corrupt samples the training
-    stream skipped to fill this batch (log it as ``train/skipped_samples``).
+    stream skipped to fill this batch (log it as ``train/skipped_samples``); ode: ``(B, S + 1, C, 1 + k,
+    h, w)`` teacher trajectories aligned with ``latent`` (``data_prep/ode_trajectories.py``) or ``None``.
     """
 
     video: torch.Tensor | None
@@ -45,6 +49,7 @@ class ClipBatch:
     start_frame: torch.Tensor
     keys: list[str]
     skipped: int = 0
+    ode: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -61,4 +66,5 @@ def collate_clips(items: list[ClipItem], skipped: int = 0) -> ClipBatch:
         start_frame=torch.tensor([i.start_frame for i in items], dtype=torch.long),
         keys=[i.key for i in items],
         skipped=skipped,
+        ode=torch.stack([i.ode for i in items]) if items[0].ode is not None else None,
     )

@@ -20,7 +20,7 @@ class DataConfig:
     """The ``data.*`` config group."""
 
     root: str = ""  # a rest-prep output folder (manifest.json + {split}/shard-*.tar)
-    mode: str = "video"  # "video": decode mp4; "latent": read latent.npy (stages 2-3, no VAE encode)
+    mode: str = "video"  # "video": decode mp4; "latent": read latent.npy (+ ode.npy when present; stages 2-3)
     latent_frames: int = 4  # design choice: windows of 1 + 8k = 33 frames (k = 4 latent frames + 1)
     batch_size: int = 1
     num_workers: int = 2  # loader processes per rank; see benchmarks/bench_data.py for clips/s each

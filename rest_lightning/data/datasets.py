@@ -34,6 +34,7 @@ from rest_lightning.data.schema import (
     AUDIO_KEY,
     LATENT_KEY,
     META_KEY,
+    ODE_KEY,
     REF_KEY,
     VIDEO_KEY,
     ClipRecord,
@@ -85,10 +86,16 @@ def decode_item(sample: dict, window: WindowSpec, rng: np.random.Generator | Non
             )
         latent = None
         video = None
+        ode = None
         if window.mode == "latent":
             offset = 0  # a causal latent's first frame encodes one video frame: windows start at 0
             latent_np = np.load(io.BytesIO(sample[LATENT_KEY]), allow_pickle=False)
             latent = torch.from_numpy(np.ascontiguousarray(latent_np[:, : 1 + window.latent_frames])).float()
+            if ODE_KEY in sample:  # the teacher's trajectory (S + 1, C, F, h, w): the same frames as the latent
+                ode_np = np.load(io.BytesIO(sample[ODE_KEY]), allow_pickle=False)
+                if ode_np.ndim != 5 or ode_np.shape[1:] != latent_np.shape:
+                    raise ValueError(f"ode.npy has shape {ode_np.shape}, expected (S + 1, *{latent_np.shape})")
+                ode = torch.from_numpy(np.ascontiguousarray(ode_np[:, :, : 1 + window.latent_frames])).float()
         else:
             offset = int(rng.integers(record.frames - window.frames + 1)) if rng is not None else 0
             frames = decode_mp4(sample[VIDEO_KEY])
@@ -103,13 +110,14 @@ def decode_item(sample: dict, window: WindowSpec, rng: np.random.Generator | Non
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"sample {sample.get('__key__', '?')}: {err}") from err
     return ClipItem(
-        video, audio_window, ref, latent, True, str(sample["__key__"]), record.start_frame + offset
+        video, audio_window, ref, latent, True, str(sample["__key__"]), record.start_frame + offset, ode
     )
 
 
 def _padding_like(item: ClipItem) -> ClipItem:
     zeros = lambda t: None if t is None else torch.zeros_like(t)  # noqa: E731
-    return ClipItem(zeros(item.video), zeros(item.audio), zeros(item.ref), zeros(item.latent), False, "", -1)
+    return ClipItem(zeros(item.video), zeros(item.audio), zeros(item.ref), zeros(item.latent), False, "", -1,
+                    zeros(item.ode))
 
 
 def _worker() -> tuple[int, int]:

@@ -10,6 +10,8 @@ another part of the same video, and a JSON record. Stored under these keys (webd
     json        ClipRecord (video id, speaker, clip index, start, fps, frames, sample rate, crop box, source)
     audio.npy   optional precomputed audio features
     latent.npy  optional VAE latent of the clip (for stages 2-3)
+    ode.npy     optional frozen-teacher ODE trajectory of the clip, (S + 1, C, 1 + k, h, w) float32: the states
+                at the student's levels, noise first, sample last (data_prep/ode_trajectories.py)
 
 Nothing here touches files; codecs live in ``rest_lightning.data.codecs``.
 """
@@ -26,10 +28,11 @@ REF_KEY = "ref.png"
 META_KEY = "json"
 AUDIO_FEATURES_KEY = "audio.npy"
 LATENT_KEY = "latent.npy"
+ODE_KEY = "ode.npy"
 
 #: Keys every sample must hold; the optional ones may be absent.
 REQUIRED_KEYS = (VIDEO_KEY, AUDIO_KEY, REF_KEY, META_KEY)
-OPTIONAL_KEYS = (AUDIO_FEATURES_KEY, LATENT_KEY)
+OPTIONAL_KEYS = (AUDIO_FEATURES_KEY, LATENT_KEY, ODE_KEY)
 
 #: Version of the sample format; bumped when a key or a JSON field changes meaning.
 SCHEMA_VERSION = 1

@@ -23,7 +23,10 @@ future_chunks has a full window and chunk 0 has been evicted: the positions a lo
 5. Loss = ``asd.weight`` * ASD regression + ``flow_matching.weight`` * teacher-forced flow matching of the
    block-causal student on the ground-truth clip (``student_no_asd`` = the latter alone; no teacher loaded)
    + ``ode_init.weight`` * ODE regression on the teacher's trajectories (``student_ode_init`` = the latter
-   alone: the CausVid / Self-Forcing warm start, computed online from the frozen teacher).
+   alone: the CausVid / Self-Forcing warm start). The trajectories are read from the batch when it carries
+   them (``batch.ode``: latent shards written by ``rest-prep mode=ode``, ``data_prep/ode_trajectories.py``),
+   else computed online from the frozen teacher. With ``ode_init.from_shards=true`` (and no ASD) the teacher
+   is not loaded at all (``stage.teacher_checkpoint`` may be null) and a batch without ``ode`` is an error.
 
 Ablations (configs of this one code path): ``cache.use_id_sink=false`` trains and streams without
 reference tokens; ``cache.use_context_cache=false`` with a window of 0 (every chunk sees itself and the
@@ -141,6 +144,9 @@ class ODEInitConfig:
 
     weight: float = 0.0  # 1 in student_ode_init (alone), 0 beside ASD
     steps_per_level: int = 4  # design choice: teacher Euler steps between two student levels (16 in all)
+    # True: the trajectories come only from the shards (batch.ode, `rest-prep mode=ode`); no teacher is loaded
+    # unless ASD needs it. False: batch.ode when present, else computed online from the frozen teacher.
+    from_shards: bool = False
 
     def __post_init__(self) -> None:
         if self.weight < 0 or self.steps_per_level < 1:
@@ -231,12 +237,14 @@ class StudentStage(RestStage):
         self.ema = EMA(self.model, decay) if decay is not None else None
         self.frozen_vae = FrozenVAE.load(vae, vae_checkpoint)  # plain attribute: not saved, not sharded
         self.teacher: FrozenTeacher | None = None
-        if self.asd.weight > 0 or self.ode_init.weight > 0:
+        online_ode = self.ode_init.weight > 0 and not self.ode_init.from_shards
+        if self.asd.weight > 0 or online_ode:
             # On the meta device (shapes only, DESIGN §10) no weights load, so a missing path is no error there.
             if teacher_checkpoint is None and not random_teacher_ok and torch.empty(0).device.type != "meta":
                 raise ValueError(
                     "stage.teacher_checkpoint is null (it defaults to init_from): set init_from=TEACHER.ckpt or "
-                    "stage.teacher_checkpoint=PATH; tests may set stage.random_teacher_ok=true"
+                    "stage.teacher_checkpoint=PATH; tests may set stage.random_teacher_ok=true (ODE-init on shards "
+                    "written by `rest-prep mode=ode` needs no teacher: stage.ode_init.from_shards=true)"
                 )
             self.teacher = FrozenTeacher.load(dit, audio, teacher_checkpoint, teacher or FrozenTeacherConfig())
         self._seed = torch.initial_seed()
@@ -393,16 +401,35 @@ class StudentStage(RestStage):
         v = model(draw.x_t, draw.t, cond.audio, ref, self.pattern)
         return flow_matching_loss(v, draw.target)
 
-    def ode_loss(self, model: AudioVideoDenoiser, cond: ClipConditions, generator: torch.Generator) -> Tensor:
+    def ode_loss(
+        self, model: AudioVideoDenoiser, cond: ClipConditions, generator: torch.Generator, stored: Tensor | None = None
+    ) -> Tensor:
         """ODE regression: the teacher's guided ODE from fresh noise over the whole clip, recorded at the
         student's levels (``ode_trajectory``); each chunk takes the state at a random level (CausVid) and the
-        block-causal student regresses its x0 onto the ODE's end point. Draws: noise, then the levels."""
-        assert self.teacher is not None, "ode_loss needs the frozen teacher (stage.ode_init.weight > 0)"
+        block-causal student regresses its x0 onto the ODE's end point. Draws: noise, then the levels.
+
+        ``stored`` (``batch.ode``, ``(B, S + 1, C, F, h, w)`` as ``data_prep/ode_trajectories.py`` writes it):
+        the trajectory is read from it instead (no teacher call, no noise drawn; only the levels are drawn).
+        """
         x0, levels = cond.latents, list(self.sampler.timesteps)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        with self.teacher.on_device(x0.device):
-            denoise = self.teacher.denoiser(self.teacher.audio_tokens(cond.waveform, x0.shape[2]), cond.ref)
-            trajectory = ode_trajectory(denoise, noise.float(), levels, self.ode_init.steps_per_level)
+        if stored is not None:
+            expected = (x0.shape[0], len(levels) + 1, *x0.shape[1:])
+            if tuple(stored.shape) != expected:
+                raise ValueError(
+                    f"batch.ode has shape {tuple(stored.shape)}, expected {expected} (B, S + 1, C, F, h, w) for the "
+                    f"student's {len(levels)} levels: write the shards with ode.timesteps = stage.sampler.timesteps"
+                )
+            trajectory = stored.to(device=x0.device, dtype=torch.float32).transpose(0, 1)  # (S + 1, B, C, F, h, w)
+        else:
+            if self.teacher is None:
+                raise ValueError(
+                    "stage.ode_init.from_shards=true but the batch carries no ODE trajectories: train on shards "
+                    "written by `rest-prep mode=ode` with data.cfg.mode=latent"
+                )
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            with self.teacher.on_device(x0.device):
+                denoise = self.teacher.denoiser(self.teacher.audio_tokens(cond.waveform, x0.shape[2]), cond.ref)
+                trajectory = ode_trajectory(denoise, noise.float(), levels, self.ode_init.steps_per_level)
         num_chunks = self.pattern.num_chunks(x0.shape[2])
         index = torch.randint(len(levels), (x0.shape[0], num_chunks), generator=generator, device=x0.device)
         x_t = ode_regression_inputs(trajectory, index, self.chunk_frames).to(x0.dtype)
@@ -412,10 +439,16 @@ class StudentStage(RestStage):
         return per_frame_mse(x0_from_velocity(x_t, v, t), trajectory[-1]).mean()
 
     def training_loss(
-        self, model: AudioVideoDenoiser, cond: ClipConditions, generator: torch.Generator, choices: StepChoices
+        self,
+        model: AudioVideoDenoiser,
+        cond: ClipConditions,
+        generator: torch.Generator,
+        choices: StepChoices,
+        ode: Tensor | None = None,
     ) -> StudentLoss:
+        """The step's weighted losses; ``ode`` = the batch's stored teacher trajectories (``batch.ode``) or None."""
         total = torch.zeros((), device=cond.latents.device)
-        asd = fm = ode = None
+        asd = fm = ode_term = None
         if self.asd.weight > 0:
             asd = self.asd_loss(model, cond, generator, choices)
             total = total + self.asd.weight * asd.loss
@@ -423,9 +456,9 @@ class StudentStage(RestStage):
             fm = self.flow_matching_loss(model, cond, generator)
             total = total + self.flow_matching.weight * fm
         if self.ode_init.weight > 0:
-            ode = self.ode_loss(model, cond, generator)
-            total = total + self.ode_init.weight * ode
-        return StudentLoss(total, asd, fm, ode)
+            ode_term = self.ode_loss(model, cond, generator, ode)
+            total = total + self.ode_init.weight * ode_term
+        return StudentLoss(total, asd, fm, ode_term)
 
     def check_clip_length(self, num_frames: int) -> int:
         """Chunks of a training clip; refuses clips too short to reach the positions after eviction."""
@@ -451,7 +484,7 @@ class StudentStage(RestStage):
         num_chunks = self.check_clip_length(cond.latents.shape[2])
         generator = self._generator(TRAIN_STREAM, self.global_step)
         choices = self.step_choices(max(0, num_chunks - 1 - self.asd.future_chunks), self.global_step, generator)
-        out = self.training_loss(self.model, cond, generator, choices)
+        out = self.training_loss(self.model, cond, generator, choices, batch.ode)
         size = len(batch)
         self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=size)
         if out.asd is not None:
@@ -475,7 +508,7 @@ class StudentStage(RestStage):
         generator = self._generator(VAL_STREAM, batch_idx)
         choices = self.step_choices(max(0, num_chunks - 1 - self.asd.future_chunks), self.global_step, generator)
         with torch.no_grad():
-            out = self.training_loss(model, cond, generator, choices)
+            out = self.training_loss(model, cond, generator, choices, batch.ode)
         size = len(batch)
         self.log("val/loss", out.loss, batch_size=size, sync_dist=True)
         if out.asd is not None:

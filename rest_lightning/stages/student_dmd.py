@@ -193,7 +193,7 @@ class StudentDMDStage(StudentStage):
 
         # Generator (student) step: the student's losses + the DMD term; the critic gets no gradient.
         self.toggle_optimizer(opt_gen)
-        out = self.training_loss(self.model, cond, generator, choices)
+        out = self.training_loss(self.model, cond, generator, choices, batch.ode)
         assert out.asd is not None
         dmd = self.dmd_generator_loss(cond, out.asd, dmd_generator)
         loss = out.loss + self.dmd.weight * dmd.loss
