@@ -11,21 +11,17 @@ written last, so an interrupted run leaves no output a reader would accept; run 
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from data_prep.augment import augment_shards, check_roots, write_manifest
 from rest_lightning.data.codecs import decode_mp4
 from rest_lightning.data.schema import LATENT_KEY
-from rest_lightning.data.shard_index import CorpusIndex
 
 log = logging.getLogger(__name__)
 
@@ -76,52 +72,17 @@ def load_frozen_vae(path: str | Path, device: torch.device):
 
 def encode_shards(input_root: str | Path, output_root: str | Path, cfg: EncodeConfig) -> EncodeSummary:
     """Copy every split of ``input_root`` (a rest-prep output) to ``output_root`` with latents added."""
-    import webdataset as wds
-
     start = time.perf_counter()
     input_root, output_root = Path(input_root), Path(output_root)
-    if input_root.resolve() == output_root.resolve():
-        raise ValueError("output must differ from input: the input shards are read while the output is written")
-    manifest = json.loads((input_root / "manifest.json").read_text())
+    manifest = check_roots(input_root, output_root)
     device = torch.device(cfg.device)
     frozen = load_frozen_vae(cfg.vae, device)
-    output_root.mkdir(parents=True, exist_ok=True)
-
-    counts: dict[str, int] = {}
-    latent_shape: tuple[int, ...] = ()
-    total = sum(split["clips"] for split in manifest["splits"].values())
-    bar = tqdm(total=total, unit="clip", desc="rest-prep encode", disable=not cfg.progress, dynamic_ncols=True)
-    for split, info in manifest["splits"].items():
-        corpus = CorpusIndex.from_manifest(input_root, split)
-        new_shards = []
-        first = 0  # corpus index of the shard's first sample (manifest order)
-        for entry in info["shards"]:
-            rel = Path(entry["path"])
-            out_path = output_root / rel
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            partial = out_path.with_name(out_path.name + ".partial")
-            samples = [corpus.read(first + i) for i in range(entry["count"])]
-            first += entry["count"]
-            with wds.TarWriter(str(partial)) as writer:
-                for lo in range(0, len(samples), cfg.batch_size):
-                    batch = samples[lo: lo + cfg.batch_size]
-                    latents = _encode(frozen, batch, device)
-                    for sample, latent in zip(batch, latents, strict=True):
-                        latent_shape = tuple(latent.shape)
-                        buf = io.BytesIO()
-                        np.save(buf, latent, allow_pickle=False)
-                        writer.write({**sample, LATENT_KEY: buf.getvalue()})
-                    bar.update(len(batch))
-            os.replace(partial, out_path)
-            new_shards.append({**entry, "bytes": out_path.stat().st_size})
-        counts[split] = sum(e["count"] for e in info["shards"])
-        manifest["splits"][split] = {**info, "shards": new_shards}
-    bar.close()
-
+    counts, latent_shape, manifest = augment_shards(
+        input_root, output_root, manifest, LATENT_KEY, lambda batch: _encode(frozen, batch, device),
+        cfg.batch_size, cfg.progress, "rest-prep encode",
+    )
     manifest["latent"] = {"shape": list(latent_shape), "vae": str(cfg.vae), "dtype": "float32", "normalised": True}
-    tmp = output_root / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, output_root / "manifest.json")
+    write_manifest(output_root, manifest)
     return EncodeSummary(sum(counts.values()), counts, latent_shape, time.perf_counter() - start)
 
 

@@ -30,19 +30,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from data_prep.augment import augment_shards, check_roots, write_manifest
 from rest_lightning.data.schema import LATENT_KEY, ODE_KEY
-from rest_lightning.data.shard_index import CorpusIndex
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +117,11 @@ def load_frozen_teacher(path: str | Path, cfg: OdeConfig):
 def write_ode_shards(input_root: str | Path, output_root: str | Path, cfg: OdeConfig) -> OdeSummary:
     """Copy every split of ``input_root`` (a ``rest-prep mode=encode`` output) to ``output_root`` with each
     sample's teacher trajectory added as ``ode.npy`` (module doc)."""
-    import webdataset as wds
-
     from data_prep.encode_latents import load_frozen_vae
 
     start = time.perf_counter()
     input_root, output_root = Path(input_root), Path(output_root)
-    if input_root.resolve() == output_root.resolve():
-        raise ValueError("output must differ from input: the input shards are read while the output is written")
-    manifest = json.loads((input_root / "manifest.json").read_text())
+    manifest = check_roots(input_root, output_root)
     if "latent" not in manifest:
         raise ValueError(f"{input_root} holds no latents (no 'latent' entry in its manifest): encode it first with "
                          "`rest-prep mode=encode input=SHARDS output=DIR encode.vae=VAE_CKPT`")
@@ -138,38 +131,11 @@ def write_ode_shards(input_root: str | Path, output_root: str | Path, cfg: OdeCo
     if teacher.model.dit.config.latent_channels != vae.latent_channels:
         raise ValueError(f"ode.teacher has {teacher.model.dit.config.latent_channels} latent channels, ode.vae "
                          f"{vae.latent_channels}: they belong to different models")
-    output_root.mkdir(parents=True, exist_ok=True)
-
-    counts: dict[str, int] = {}
-    ode_shape: tuple[int, ...] = ()
-    total = sum(split["clips"] for split in manifest["splits"].values())
-    bar = tqdm(total=total, unit="clip", desc="rest-prep ode", disable=not cfg.progress, dynamic_ncols=True)
     with teacher.on_device(device):
-        for split, info in manifest["splits"].items():
-            corpus = CorpusIndex.from_manifest(input_root, split)
-            new_shards = []
-            first = 0  # corpus index of the shard's first sample (manifest order)
-            for entry in info["shards"]:
-                rel = Path(entry["path"])
-                out_path = output_root / rel
-                out_path.parent.mkdir(parents=True, exist_ok=True)
-                partial = out_path.with_name(out_path.name + ".partial")
-                samples = [corpus.read(first + i) for i in range(entry["count"])]
-                first += entry["count"]
-                with wds.TarWriter(str(partial)) as writer:
-                    for lo in range(0, len(samples), cfg.batch_size):
-                        batch = samples[lo : lo + cfg.batch_size]
-                        for sample, ode in zip(batch, _trajectories(teacher, vae, batch, cfg, device), strict=True):
-                            ode_shape = tuple(ode.shape)
-                            buf = io.BytesIO()
-                            np.save(buf, ode, allow_pickle=False)
-                            writer.write({**sample, ODE_KEY: buf.getvalue()})
-                        bar.update(len(batch))
-                os.replace(partial, out_path)
-                new_shards.append({**entry, "bytes": out_path.stat().st_size})
-            counts[split] = sum(e["count"] for e in info["shards"])
-            manifest["splits"][split] = {**info, "shards": new_shards}
-    bar.close()
+        counts, ode_shape, manifest = augment_shards(
+            input_root, output_root, manifest, ODE_KEY, lambda batch: _trajectories(teacher, vae, batch, cfg, device),
+            cfg.batch_size, cfg.progress, "rest-prep ode",
+        )
 
     manifest["ode"] = {
         "timesteps": [float(t) for t in cfg.timesteps],
@@ -182,9 +148,7 @@ def write_ode_shards(input_root: str | Path, output_root: str | Path, cfg: OdeCo
         "dtype": "float32",
         "layout": ODE_LAYOUT,
     }
-    tmp = output_root / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, output_root / "manifest.json")
+    write_manifest(output_root, manifest)
     return OdeSummary(sum(counts.values()), counts, ode_shape, time.perf_counter() - start)
 
 
