@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from rest_lightning.metrics.nets.base import freeze, network_dtype
+from rest_lightning.metrics.nets.base import network_dtype
 from rest_lightning.metrics.nets.iresnet import IResNet, IResNetArch
 from rest_lightning.metrics.preprocess import check_images, check_video
 from rest_lightning.metrics.result import MetricResult, keep_network_in_eval, make_results
-from rest_lightning.metrics.weights import ARCFACE_FILE, load_network
+from rest_lightning.metrics.weights import ARCFACE_FILE, load_network, metric_network
 
 
 @dataclass
@@ -54,14 +54,11 @@ class CSIM(Metric):
     ) -> None:
         super().__init__()
         self.config = config or CSIMConfig()
-        if network is not None:
-            module, calibrated = freeze(network), False
-        else:
-            arch = self.config.arch
-            loaded = load_network(
-                ARCFACE_FILE, lambda: IResNet(arch), weights_path, allow_random_weights, "CSIM"
-            )
-            module, calibrated = loaded.module, loaded.calibrated
+        arch = self.config.arch
+        loaded = metric_network(
+            network, lambda: load_network(ARCFACE_FILE, lambda: IResNet(arch), weights_path, allow_random_weights, "CSIM")
+        )
+        module, calibrated = loaded.module, loaded.calibrated
         self.network = module
         self.uncalibrated = not calibrated
         self.add_state("similarity_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")

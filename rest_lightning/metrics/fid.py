@@ -14,11 +14,11 @@ import torch
 from torch import Tensor
 
 from rest_lightning.metrics.frechet import DDOF_UNBIASED, FrechetMetric
-from rest_lightning.metrics.nets.base import FeatureExtractor, freeze, network_dtype
+from rest_lightning.metrics.nets.base import FeatureExtractor, network_dtype
 from rest_lightning.metrics.nets.fid_inception import FID_INCEPTION_INPUT_SIZE, FIDInceptionV3
 from rest_lightning.metrics.preprocess import check_images, quantize_uint8, resize_bilinear
 from rest_lightning.metrics.result import MetricResult, keep_network_in_eval, make_results
-from rest_lightning.metrics.weights import FID_INCEPTION_FILE, load_network
+from rest_lightning.metrics.weights import FID_INCEPTION_FILE, load_network, metric_network
 
 
 @dataclass
@@ -58,15 +58,12 @@ class FID(FrechetMetric):
         network: FeatureExtractor | None = None,
     ) -> None:
         config = config or FIDConfig()
-        if network is not None:
-            if not isinstance(network, FeatureExtractor):
-                raise TypeError(f"FID network must subclass FeatureExtractor, got {type(network).__name__}")
-            module, calibrated = freeze(network), False
-        else:
-            loaded = load_network(
-                FID_INCEPTION_FILE, FIDInceptionV3, weights_path, allow_random_weights, "FID"
-            )
-            module, calibrated = loaded.module, loaded.calibrated
+        if network is not None and not isinstance(network, FeatureExtractor):
+            raise TypeError(f"FID network must subclass FeatureExtractor, got {type(network).__name__}")
+        loaded = metric_network(
+            network, lambda: load_network(FID_INCEPTION_FILE, FIDInceptionV3, weights_path, allow_random_weights, "FID")
+        )
+        module, calibrated = loaded.module, loaded.calibrated
         super().__init__(
             module.num_features, ddof=config.ddof, reset_real_features=config.reset_real_features
         )

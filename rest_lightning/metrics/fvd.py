@@ -24,7 +24,13 @@ from rest_lightning.metrics.nets.i3d import (
 )
 from rest_lightning.metrics.preprocess import check_video, quantize_uint8, resize_shorter_side_center_crop
 from rest_lightning.metrics.result import MetricResult, keep_network_in_eval, make_results
-from rest_lightning.metrics.weights import I3D_FILE, LoadedNetwork, load_network, resolve_weights_path
+from rest_lightning.metrics.weights import (
+    I3D_FILE,
+    LoadedNetwork,
+    load_network,
+    metric_network,
+    resolve_weights_path,
+)
 
 FVD_CLIP_FRAMES = 16  # StyleGAN-V fvd2048_16f: clips of 16 consecutive frames (one I3D logits step)
 
@@ -77,13 +83,10 @@ class FVD(FrechetMetric):
         network: FeatureExtractor | None = None,
     ) -> None:
         config = config or FVDConfig()
-        if network is not None:
-            if not isinstance(network, FeatureExtractor):
-                raise TypeError(f"FVD network must subclass FeatureExtractor, got {type(network).__name__}")
-            module, calibrated = freeze(network), False
-        else:
-            loaded = load_i3d(weights_path, allow_random_weights)
-            module, calibrated = loaded.module, loaded.calibrated
+        if network is not None and not isinstance(network, FeatureExtractor):
+            raise TypeError(f"FVD network must subclass FeatureExtractor, got {type(network).__name__}")
+        loaded = metric_network(network, lambda: load_i3d(weights_path, allow_random_weights))
+        module, calibrated = loaded.module, loaded.calibrated
         super().__init__(
             module.num_features, ddof=config.ddof, reset_real_features=config.reset_real_features
         )

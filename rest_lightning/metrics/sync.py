@@ -25,11 +25,11 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from rest_lightning.metrics.mfcc import MFCCConfig, mfcc
-from rest_lightning.metrics.nets.base import freeze, network_dtype
+from rest_lightning.metrics.nets.base import network_dtype
 from rest_lightning.metrics.nets.syncnet import SYNCNET_FACE_SIZE, SYNCNET_FRAMES, SYNCNET_MFCC_STEPS, SyncNet
 from rest_lightning.metrics.preprocess import check_video, quantize_uint8, resize_bilinear
 from rest_lightning.metrics.result import MetricResult, keep_network_in_eval, make_results
-from rest_lightning.metrics.weights import SYNCNET_FILE, load_network
+from rest_lightning.metrics.weights import SYNCNET_FILE, load_network, metric_network
 
 INT16_FULL_SCALE = 32768  # PCM16 full scale: soundfile/torchaudio floats are int16 / 32768
 PAIRWISE_EPS = 1e-6  # torch.nn.functional.pairwise_distance default eps, added to the difference
@@ -169,11 +169,10 @@ class LipSync(Metric):
     ) -> None:
         super().__init__()
         self.config = config or SyncConfig()
-        if network is not None:
-            loaded_module, calibrated = freeze(network), False
-        else:
-            loaded = load_network(SYNCNET_FILE, SyncNet, weights_path, allow_random_weights, "Sync-C/D")
-            loaded_module, calibrated = loaded.module, loaded.calibrated
+        loaded = metric_network(
+            network, lambda: load_network(SYNCNET_FILE, SyncNet, weights_path, allow_random_weights, "Sync-C/D")
+        )
+        loaded_module, calibrated = loaded.module, loaded.calibrated
         self.network: SyncNet = loaded_module
         self.uncalibrated = not calibrated
         self.add_state("confidence_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")

@@ -184,6 +184,12 @@ class LoadedNetwork:
     calibrated: bool
 
 
+def metric_network(network: nn.Module | None, load: Callable[[], LoadedNetwork]) -> LoadedNetwork:
+    """The network a metric runs: one passed in (frozen; always uncalibrated, it is not the reference
+    network) or, without one, ``load()`` (the reference network from its weight file)."""
+    return LoadedNetwork(freeze(network), False) if network is not None else load()
+
+
 def load_network(
     spec: WeightsFile,
     builder: Callable[[], nn.Module],

@@ -40,14 +40,37 @@ VAE_STAGE = "vae"
 VAE_PREFIXES = ("ema.module.", "vae.")
 
 
-def select_vae_weights(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
-    """The VAE's own keys from a VAE-stage state dict: ``ema.module.*`` when present, else ``vae.*``, else
-    the file is taken as a bare ``CausalVideoVAE`` state dict. Returns ``(weights, prefix used)``."""
-    for prefix in VAE_PREFIXES:
+def select_module_weights(state: dict[str, Tensor], prefixes: tuple[str, ...]) -> tuple[dict[str, Tensor], str]:
+    """One module's keys from a stage state dict: those under the first of ``prefixes`` present (best
+    first, e.g. the EMA copy), prefix stripped; else the file as a bare state dict. ``(weights, prefix)``."""
+    for prefix in prefixes:
         weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if weights:
             return weights, prefix
     return dict(state), ""
+
+
+def select_vae_weights(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
+    """The VAE's own keys from a VAE-stage state dict: ``ema.module.*`` when present, else ``vae.*``, else
+    the file is taken as a bare ``CausalVideoVAE`` state dict. Returns ``(weights, prefix used)``."""
+    return select_module_weights(state, VAE_PREFIXES)
+
+
+def load_frozen_weights(
+    module: nn.Module, checkpoint: str | Path, *, key: str, stage: str, prefixes: tuple[str, ...], experiments: str
+) -> None:
+    """Load a frozen module strictly, weights only, from a checkpoint of ``stage`` (another stage's is
+    refused, naming config ``key`` and the ``experiments`` that write the right one)."""
+    state, meta = load_user_state(checkpoint)
+    found = meta.get("stage")
+    if found is not None and found != stage:
+        raise CheckpointMismatchError(
+            f"{key}={str(checkpoint)!r} is a '{found}' checkpoint; it must come from the '{stage}' stage "
+            f"(experiment={experiments})"
+        )
+    weights, prefix = select_module_weights(state, prefixes)
+    load_weights_into(module, weights, strict=True, source=f"{key}={checkpoint}")
+    log.info("frozen %s loaded from %s (%s weights)", stage, checkpoint, prefix.rstrip(".") or "bare")
 
 
 class FrozenVAE:
@@ -72,16 +95,8 @@ class FrozenVAE:
                 "stage.vae_checkpoint=PATH (a VAE-stage checkpoint or `rest-ckpt export` file)."
             )
             return cls(vae)
-        state, meta = load_user_state(checkpoint)
-        stage = meta.get("stage")
-        if stage is not None and stage != VAE_STAGE:
-            raise CheckpointMismatchError(
-                f"stage.vae_checkpoint={str(checkpoint)!r} is a '{stage}' checkpoint; it must come from the "
-                f"'{VAE_STAGE}' stage (experiment=vae or tiny_vae)"
-            )
-        weights, prefix = select_vae_weights(state)
-        load_weights_into(vae, weights, strict=True, source=f"stage.vae_checkpoint={checkpoint}")
-        log.info("frozen VAE loaded from %s (%s weights)", checkpoint, prefix.rstrip(".") or "bare")
+        load_frozen_weights(vae, checkpoint, key="stage.vae_checkpoint", stage=VAE_STAGE, prefixes=VAE_PREFIXES,
+                            experiments="vae or tiny_vae")
         return cls(vae)
 
     @property

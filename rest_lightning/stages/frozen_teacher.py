@@ -25,13 +25,17 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from rest_lightning.checkpoint import CheckpointMismatchError, load_user_state, load_weights_into
 from rest_lightning.diffusion.guidance import GuidanceScales
 from rest_lightning.diffusion.samplers import Denoiser
 from rest_lightning.models.attention import AttentionPattern
 from rest_lightning.models.audio import AudioConfig, AudioEncoder
 from rest_lightning.models.dit import DiTConfig, build_dit
-from rest_lightning.stages.conditioning import AudioVideoDenoiser, guided_denoiser
+from rest_lightning.stages.conditioning import (
+    AudioVideoDenoiser,
+    guided_denoiser,
+    load_frozen_weights,
+    select_module_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +61,7 @@ class FrozenTeacherConfig:
 def select_teacher_weights(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
     """The denoiser's keys (``dit.*``, ``audio_encoder.*``) from a teacher-stage state dict: ``ema.module.*``
     when present, else ``model.*``, else the file as a bare denoiser state dict. Returns ``(weights, prefix)``."""
-    for prefix in TEACHER_PREFIXES:
-        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if weights:
-            return weights, prefix
-    return dict(state), ""
+    return select_module_weights(state, TEACHER_PREFIXES)
 
 
 class FrozenTeacher:
@@ -93,16 +93,8 @@ class FrozenTeacher:
                 "it defaults to)."
             )
             return cls(model, config)
-        state, meta = load_user_state(checkpoint)
-        stage = meta.get("stage")
-        if stage is not None and stage != TEACHER_STAGE:
-            raise CheckpointMismatchError(
-                f"stage.teacher_checkpoint={str(checkpoint)!r} is a '{stage}' checkpoint; it must come from the "
-                f"'{TEACHER_STAGE}' stage (experiment=teacher or tiny_teacher)"
-            )
-        weights, prefix = select_teacher_weights(state)
-        load_weights_into(model, weights, strict=True, source=f"stage.teacher_checkpoint={checkpoint}")
-        log.info("frozen teacher loaded from %s (%s weights)", checkpoint, prefix.rstrip(".") or "bare")
+        load_frozen_weights(model, checkpoint, key="stage.teacher_checkpoint", stage=TEACHER_STAGE,
+                            prefixes=TEACHER_PREFIXES, experiments="teacher or tiny_teacher")
         return cls(model, config)
 
     def dtype_on(self, device: torch.device) -> torch.dtype:
