@@ -8,6 +8,7 @@ as soon as its last frame arrives, so memory holds one clip of raw frames, not t
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ from rest_lightning.data.schema import (
     ClipRecord,
     sample_key,
 )
+from rest_lightning.data.synthetic import VideoTruth, sidecar_path
+from rest_lightning.data.synthtalk import clip_truth_fields
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,29 @@ def reference_frames(video_id: str, starts: list[int], clip_frames: int, frames:
     return refs
 
 
+def load_truth(path: str, fps: int, frames: int) -> VideoTruth | None:
+    """The ground truth of a synthetic video (its ``{video}.json`` sidecar), or ``None`` if it has none.
+
+    A sidecar whose frame axis is not this prep's (another fps, another length) cannot be sliced per
+    clip: it is dropped with a warning rather than carried wrong.
+    """
+    sidecar = sidecar_path(path)
+    if not sidecar.is_file():
+        return None
+    truth = VideoTruth.from_json(sidecar.read_bytes())
+    if truth.fps != fps or len(truth.tracks) != frames:
+        log.warning(
+            "%s: ground truth is %d frames at %d fps, the video %d frames at prep.fps %d; not carried",
+            sidecar,
+            len(truth.tracks),
+            truth.fps,
+            frames,
+            fps,
+        )
+        return None
+    return truth
+
+
 def process_video(task: VideoTask, cfg: PrepConfig, skip_keys: frozenset[str] = frozenset()) -> VideoResult:
     """Probe, detect, crop, cut and encode one video; never raises for a bad input."""
     try:
@@ -102,6 +130,7 @@ def _process(task: VideoTask, cfg: PrepConfig, skip_keys: frozenset[str]) -> Vid
     if cfg.max_clips_per_video:
         starts = starts[: cfg.max_clips_per_video]
     refs = reference_frames(task.video_id, starts, clip_frames, probe.frames, cfg.seed)
+    truth = load_truth(task.path, cfg.fps, probe.frames)
 
     detector = make_detector(cfg.detector, cfg.detect_max_side, cfg.margin)
     detections: dict[int, FaceBox | None] = {}
@@ -151,6 +180,7 @@ def _process(task: VideoTask, cfg: PrepConfig, skip_keys: frozenset[str]) -> Vid
         if key in skip_keys:
             continue
         box = integer_box(np.median(boxes[start : start + clip_frames], axis=0))
+        truth_fields = clip_truth_fields(truth, start, clip_frames) if truth is not None else {}
         record = ClipRecord(
             video_id=task.video_id,
             speaker=task.speaker,
@@ -163,6 +193,8 @@ def _process(task: VideoTask, cfg: PrepConfig, skip_keys: frozenset[str]) -> Vid
             crop_box=list(box),
             source=task.path,
             split=task.split,
+            frame_boxes=[list(integer_box(b)) for b in boxes[start : start + clip_frames]],
+            **truth_fields,
         )
         audio = probe.audio[start * spf : (start + clip_frames) * spf]
         samples.append(

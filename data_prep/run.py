@@ -256,6 +256,8 @@ def _write_outputs(output: Path, cfg: PrepConfig, state: PrepState, summary: Pre
             "clips": clips,
             "videos": len(videos),
             "speakers": len({v["speaker"] for v in videos}),
+            # The names, so that a held-out split can be checked against train from the manifest alone.
+            "speaker_names": sorted({v["speaker"] for v in videos}),
             "hours": clips * clip_seconds / 3600.0,
         }
         summary.clips_per_split[split] = clips

@@ -7,7 +7,8 @@ another part of the same video, and a JSON record. Stored under these keys (webd
     video.mp4   H.264 clip, frames x size x size, 25 fps
     audio.wav   PCM16 mono, frames * 640 samples at 16 kHz (frame i covers [i*640, (i+1)*640))
     ref.png     RGB reference frame, size x size
-    json        ClipRecord (video id, speaker, clip index, start, fps, frames, sample rate, crop box, source)
+    json        ClipRecord (video id, speaker, clip index, start, fps, frames, sample rate, crop box, per-frame
+                crop boxes, source; for a synthetic video also its ground truth ``gt`` and ``identity``)
     audio.npy   optional precomputed audio features
     latent.npy  optional VAE latent of the clip (for stages 2-3)
     ode.npy     optional frozen-teacher ODE trajectory of the clip, (S + 1, C, 1 + k, h, w) float32: the states
@@ -35,7 +36,8 @@ REQUIRED_KEYS = (VIDEO_KEY, AUDIO_KEY, REF_KEY, META_KEY)
 OPTIONAL_KEYS = (AUDIO_FEATURES_KEY, LATENT_KEY, ODE_KEY)
 
 #: Version of the sample format; bumped when a key or a JSON field changes meaning.
-SCHEMA_VERSION = 1
+#: 2: ClipRecord gained ``frame_boxes``, ``gt`` and ``identity`` (version-1 records still read, empty).
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,13 @@ class ClipRecord:
     source: str = ""  # input path as given (surrogate-escaped if not UTF-8)
     split: str = ""
     schema_version: int = SCHEMA_VERSION
+    # [x, y, side] of the smoothed box each frame was actually cropped with (crop_box is their median).
+    frame_boxes: list[list[int]] = field(default_factory=list)
+    # Synthetic videos only (rest_lightning/data/synthtalk.py): the clip's slice of the video's ground
+    # truth ("mouth", "blink", "pose" per frame; "blink_seed", "loudness_scale", "source_size") and
+    # the identity's parameters (make_identity(identity["index"], identity["seed"])). Empty otherwise.
+    gt: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.frames < 1:

@@ -9,14 +9,18 @@ a little and blink.
 
 ``synthesize_video`` makes one video in memory; ``write_synthetic_corpus(SynthConfig)`` writes real
 ``.mp4`` files (H.264 25 fps + AAC mono 16 kHz) laid out as ``{output}/{speaker}/{video}.mp4`` so
-that ``data_prep`` can split by speaker (the parent folder).
+that ``data_prep`` can split by speaker (the parent folder), each with a ``{video}.json`` sidecar of
+its ground truth (``VideoTruth``: identity, per-frame mouth / blink / pose). A frame is a pure function
+of (identity, ``FrameTracks``), and the tracks of a pure function of (identity, audio, pose phase, blink
+seed): ``render_for_audio`` re-renders what any audio should look like (the SynthTalk benchmark).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -84,6 +88,41 @@ class Identity:
     base_f0: float  # voice pitch in Hz
     sway_hz: float
     sway_phase: float
+    index: int = 0  # make_identity(index, seed) rebuilds this identity
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FrameTracks:
+    """Per-frame ground truth that drives the renderer: everything but the identity.
+
+    mouth: ``(T,)`` opening in [0, 1]; blink: ``(T,)`` eyelid closure in [0, 1];
+    pose: ``(T, 3)`` float64 ``[offset_x, offset_y, tilt_deg]``, offsets as fractions of the frame side.
+    """
+
+    mouth: np.ndarray
+    blink: np.ndarray
+    pose: np.ndarray
+
+    def __post_init__(self) -> None:
+        t = len(self.mouth)
+        if self.blink.shape != (t,) or self.pose.shape != (t, POSE_DIMS):
+            raise ValueError(
+                f"FrameTracks: mouth {self.mouth.shape}, blink {self.blink.shape} and pose {self.pose.shape} "
+                f"must be (T,), (T,) and (T, {POSE_DIMS})"
+            )
+
+    def __len__(self) -> int:
+        return len(self.mouth)
+
+    def slice(self, start: int, stop: int) -> FrameTracks:
+        """Frames ``[start, stop)``; refuses a range outside the tracks."""
+        if not 0 <= start < stop <= len(self):
+            raise ValueError(f"FrameTracks.slice: [{start}, {stop}) is outside the {len(self)} frames")
+        return FrameTracks(self.mouth[start:stop], self.blink[start:stop], self.pose[start:stop])
+
+
+POSE_DIMS = 3  # offset_x, offset_y, tilt_deg
 
 
 @dataclass
@@ -91,7 +130,8 @@ class SyntheticVideo:
     """One synthetic talking-head video in memory.
 
     frames: ``(T, H, W, 3)`` uint8 RGB; audio: ``(T * samples_per_frame,)`` float32 in [-1, 1];
-    mouth_open: ``(T,)`` float in [0, 1], the per-frame loudness that drove the mouth.
+    mouth_open: ``(T,)`` float in [0, 1], the per-frame loudness that drove the mouth (= tracks.mouth);
+    loudness_scale: the loudness that maps to a fully open mouth (``mouth_opening_from_loudness``).
     """
 
     identity: Identity
@@ -99,6 +139,9 @@ class SyntheticVideo:
     audio: np.ndarray
     mouth_open: np.ndarray
     media: MediaSpec = field(default_factory=MediaSpec)
+    tracks: FrameTracks | None = None
+    loudness_scale: float = 0.0
+    blink_seed: int = 0
 
 
 _SKIN_TONES = ((234, 192, 160), (198, 142, 104), (165, 112, 80), (240, 210, 180), (140, 96, 70))
@@ -125,6 +168,8 @@ def make_identity(index: int, seed: int) -> Identity:
         base_f0=float(rng.uniform(100.0, 230.0)),
         sway_hz=float(rng.uniform(0.15, 0.4)),
         sway_phase=float(rng.uniform(0.0, 2.0 * math.pi)),
+        index=index,
+        seed=seed,
     )
 
 
@@ -174,9 +219,22 @@ def frame_loudness(audio: np.ndarray, samples_per_frame: int) -> np.ndarray:
     return np.sqrt(np.mean(windows.reshape(frames, samples_per_frame) ** 2, axis=1))
 
 
-def mouth_opening_from_loudness(loudness: np.ndarray) -> np.ndarray:
-    """Normalise loudness to a mouth opening in [0, 1] (95th percentile = fully open)."""
-    scale = np.percentile(loudness, 95) + 1e-8
+LOUDNESS_OPEN_PERCENTILE = 95  # design choice: the 95th-percentile loudness of a video opens the mouth fully
+LOUDNESS_EPS = 1e-8  # keeps silence (all-zero audio) from dividing by zero
+
+
+def loudness_scale(loudness: np.ndarray) -> float:
+    """The loudness that opens the mouth fully: the 95th percentile of ``(T,)`` per-frame loudness."""
+    return float(np.percentile(loudness, LOUDNESS_OPEN_PERCENTILE) + LOUDNESS_EPS)
+
+
+def mouth_opening_from_loudness(loudness: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """Normalise ``(T,)`` loudness to a mouth opening ``(T,)`` in [0, 1].
+
+    ``scale`` (the loudness of a fully open mouth) defaults to this audio's own 95th percentile; pass a
+    video's ``loudness_scale`` to render a part of it exactly as the whole video was rendered.
+    """
+    scale = loudness_scale(loudness) if scale is None else scale
     return np.clip(loudness / scale, 0.0, 1.0)
 
 
@@ -205,6 +263,15 @@ def _background(identity: Identity, size: int) -> np.ndarray:
     bottom = np.array(identity.background_bottom, dtype=np.float64)
     column = (1.0 - weights) * top + weights * bottom  # (size, 1, 3) vertical gradient
     return np.repeat(column, size, axis=1).astype(np.uint8)
+
+
+# The mouth as render_face draws it (half-axes in units of the identity's mouth_w); the SynthTalk metrics
+# (rest_lightning/metrics/synthtalk.py) invert this geometry to read the opening back from pixels.
+LIP_TINT = (0.75, 0.45, 0.45)  # lips = skin x this, per RGB channel
+MOUTH_INTERIOR_RGB = (35, 8, 12)  # the dark opening, the same for every identity
+MOUTH_INNER_WIDTH = 0.8  # opening half-width / mouth_w
+MOUTH_INNER_CLOSED = 0.03  # opening half-height / mouth_w of a closed mouth
+MOUTH_INNER_GAIN = 0.45  # added opening half-height / mouth_w per unit of mouth_open
 
 
 def render_face(
@@ -259,42 +326,145 @@ def render_face(
     # Mouth: lips always visible; the dark opening grows with loudness.
     mouth_c = at(0.0, 0.16)
     mw = identity.mouth_w * s
-    lips = (int(identity.skin[0] * 0.75), int(identity.skin[1] * 0.45), int(identity.skin[2] * 0.45))
+    lips = tuple(int(c * f) for c, f in zip(identity.skin, LIP_TINT, strict=True))
     _ellipse(img, mouth_c, (mw, mw * (0.18 + 0.55 * mouth_open)), tilt_deg, lips)
-    _ellipse(img, mouth_c, (mw * 0.8, mw * (0.03 + 0.45 * mouth_open)), tilt_deg, (35, 8, 12))
+    _ellipse(
+        img,
+        mouth_c,
+        (mw * MOUTH_INNER_WIDTH, mw * (MOUTH_INNER_CLOSED + MOUTH_INNER_GAIN * mouth_open)),
+        tilt_deg,
+        MOUTH_INTERIOR_RGB,
+    )
     return img
+
+
+SWAY_X, SWAY_Y = 0.025, 0.015  # design choice: head sway amplitude, fractions of the frame side
+SWAY_Y_RATE = 1.7  # vertical sway runs 1.7x faster than horizontal (a Lissajous path, never a line)
+TILT_DEG, TILT_RATE = 4.0, 0.8  # head roll amplitude in degrees and its rate relative to the sway
+BLINK_FRAMES = 3  # design choice: a blink closes the eyes for 3 frames (120 ms, a real blink's length)
+BLINK_GAP_S = (1.0, 5.0)  # design choice: seconds between blink onsets, mean 3 s (~20 blinks a minute)
+
+
+def head_pose(identity: Identity, frames: int, fps: int, start_frame: int = 0) -> np.ndarray:
+    """Head pose ``(frames, 3)`` ``[offset_x, offset_y, tilt_deg]`` of frames ``start_frame + i``.
+
+    ``start_frame`` is the pose phase: the sway is a function of time since the video's start, so a
+    clip cut at frame s re-renders with ``start_frame=s``.
+    """
+    t = (start_frame + np.arange(frames)) / fps
+    phase = 2.0 * math.pi * identity.sway_hz * t + identity.sway_phase
+    return np.stack(
+        [SWAY_X * np.sin(phase), SWAY_Y * np.sin(SWAY_Y_RATE * phase), TILT_DEG * np.sin(TILT_RATE * phase)],
+        axis=1,
+    )
+
+
+def blink_track(blink_seed: int, frames: int, fps: int, start_frame: int = 0) -> np.ndarray:
+    """Eyelid closure ``(frames,)`` in {0, 1} of frames ``start_frame + i``.
+
+    Blink onsets are a renewal process drawn from ``blink_seed`` on the absolute frame axis, so any
+    window of a video re-renders with the blinks the whole video had.
+    """
+    rng = np.random.default_rng([blink_seed, 0xB11C])
+    closed = np.zeros(frames, dtype=np.float64)
+    onset = rng.uniform(*BLINK_GAP_S) * fps
+    stop = start_frame + frames
+    while onset < stop:
+        first = int(onset)
+        lo, hi = max(first, start_frame), min(first + BLINK_FRAMES, stop)
+        if hi > lo:  # a blink that ended before start_frame leaves no trace in this window
+            closed[lo - start_frame : hi - start_frame] = 1.0
+        onset += rng.uniform(*BLINK_GAP_S) * fps
+    return closed
+
+
+def render_frames(identity: Identity, size: int, tracks: FrameTracks) -> np.ndarray:
+    """Render ``tracks`` for ``identity``: ``(T, size, size, 3)`` uint8 RGB, frame i from track row i."""
+    background = _background(identity, size)
+    frames = np.empty((len(tracks), size, size, 3), dtype=np.uint8)
+    for i, (mouth, blink, (dx, dy, tilt)) in enumerate(
+        zip(tracks.mouth, tracks.blink, tracks.pose, strict=True)
+    ):
+        frames[i] = render_face(
+            identity,
+            size,
+            float(mouth),
+            offset=(float(dx), float(dy)),
+            tilt_deg=float(tilt),
+            blink=float(blink),
+            background=background,
+        )
+    return frames
+
+
+def tracks_for_audio(
+    identity: Identity,
+    audio: np.ndarray,
+    media: MediaSpec,
+    start_frame: int = 0,
+    blink_seed: int = 0,
+    scale: float | None = None,
+) -> FrameTracks:
+    """The ground-truth tracks a face driven by ``audio`` ``(S,)`` has: one row per whole video frame.
+
+    Mouth = ``mouth_opening_from_loudness(frame_loudness(audio), scale)``; pose and blinks are those of
+    frames ``start_frame ..`` (pose phase and blink seed). With a video's ``loudness_scale``, its
+    ``start_frame`` and its ``blink_seed``, this reproduces any window of a synthetic video.
+    """
+    mouth = mouth_opening_from_loudness(frame_loudness(audio, media.samples_per_frame), scale)
+    frames = len(mouth)
+    return FrameTracks(
+        mouth=mouth,
+        blink=blink_track(blink_seed, frames, media.fps, start_frame),
+        pose=head_pose(identity, frames, media.fps, start_frame),
+    )
+
+
+def render_for_audio(
+    identity: Identity,
+    audio: np.ndarray,
+    size: int,
+    media: MediaSpec | None = None,
+    start_frame: int = 0,
+    blink_seed: int = 0,
+    scale: float | None = None,
+) -> np.ndarray:
+    """What the face should look like for ``audio``: ``(S // spf, size, size, 3)`` uint8 RGB source frames.
+
+    See ``tracks_for_audio`` for the arguments; ``data/synthtalk.py`` takes the frames through a clip's
+    crop boxes.
+    """
+    media = media or MediaSpec()
+    return render_frames(
+        identity, size, tracks_for_audio(identity, audio, media, start_frame, blink_seed, scale)
+    )
 
 
 def synthesize_video(
     identity: Identity, seconds: float, size: int, seed: int, media: MediaSpec | None = None
 ) -> SyntheticVideo:
-    """One talking-head video in memory, deterministic from (identity, seconds, size, seed)."""
+    """One talking-head video in memory, deterministic from (identity, seconds, size, seed).
+
+    The audio comes from ``seed``; the blinks from ``blink_seed = seed`` on their own stream.
+    """
     media = media or MediaSpec()
     rng = np.random.default_rng([seed, 0x5EED])
     frames_total = int(round(seconds * media.fps))
     audio = synthesize_speech(frames_total / media.fps, media.sample_rate, identity.base_f0, rng)[
         : media.audio_samples(frames_total)
     ]
-    mouth_open = mouth_opening_from_loudness(frame_loudness(audio, media.samples_per_frame))
-    background = _background(identity, size)
-    blink_frames = set()
-    for start in rng.integers(0, max(frames_total - 3, 1), size=max(frames_total // 75, 1)):
-        blink_frames.update(range(int(start), int(start) + 3))  # ~one 3-frame blink per 3 s
-    frames = np.empty((frames_total, size, size, 3), dtype=np.uint8)
-    for i in range(frames_total):
-        t = i / media.fps
-        phase = 2.0 * math.pi * identity.sway_hz * t + identity.sway_phase
-        offset = (0.025 * math.sin(phase), 0.015 * math.sin(1.7 * phase))  # small head sway
-        frames[i] = render_face(
-            identity,
-            size,
-            float(mouth_open[i]),
-            offset=offset,
-            tilt_deg=4.0 * math.sin(0.8 * phase),
-            blink=1.0 if i in blink_frames else 0.0,
-            background=background,
-        )
-    return SyntheticVideo(identity=identity, frames=frames, audio=audio, mouth_open=mouth_open, media=media)
+    scale = loudness_scale(frame_loudness(audio, media.samples_per_frame))
+    tracks = tracks_for_audio(identity, audio, media, start_frame=0, blink_seed=seed, scale=scale)
+    return SyntheticVideo(
+        identity=identity,
+        frames=render_frames(identity, size, tracks),
+        audio=audio,
+        mouth_open=tracks.mouth,
+        media=media,
+        tracks=tracks,
+        loudness_scale=scale,
+        blink_seed=seed,
+    )
 
 
 def mouth_activity(frames: np.ndarray) -> np.ndarray:
@@ -318,8 +488,104 @@ def lip_audio_correlation(frames: np.ndarray, audio: np.ndarray, media: MediaSpe
     return float(np.corrcoef(activity, loudness[:n])[0, 1])
 
 
+TRUTH_VERSION = 1  # version of the sidecar layout below; bumped when a field changes meaning
+
+
+@dataclass(frozen=True)
+class VideoTruth:
+    """Ground truth of one synthetic video: the ``{video}.json`` sidecar ``rest-prep mode=synth`` writes.
+
+    Everything needed to re-render the video (identity, blink seed, loudness scale, source size) and its
+    per-frame tracks; ``rest-prep`` slices the tracks into each clip's ``json`` (``data/synthtalk.py``).
+    """
+
+    identity: Identity
+    tracks: FrameTracks
+    blink_seed: int
+    loudness_scale: float
+    size: int  # source frame side, px
+    fps: int
+    sample_rate: int
+
+    @classmethod
+    def of(cls, video: SyntheticVideo) -> VideoTruth:
+        if video.tracks is None:
+            raise ValueError("VideoTruth.of: the video has no tracks (build it with synthesize_video)")
+        return cls(
+            identity=video.identity,
+            tracks=video.tracks,
+            blink_seed=video.blink_seed,
+            loudness_scale=video.loudness_scale,
+            size=int(video.frames.shape[1]),
+            fps=video.media.fps,
+            sample_rate=video.media.sample_rate,
+        )
+
+    @property
+    def media(self) -> MediaSpec:
+        return MediaSpec(fps=self.fps, sample_rate=self.sample_rate)
+
+    def to_json(self) -> str:
+        # json writes float64 with repr precision, so tracks read back bit-exact and re-render exactly.
+        return json.dumps(
+            {
+                "truth_version": TRUTH_VERSION,
+                "identity": asdict(self.identity),
+                "blink_seed": self.blink_seed,
+                "loudness_scale": self.loudness_scale,
+                "size": self.size,
+                "fps": self.fps,
+                "sample_rate": self.sample_rate,
+                "gt": tracks_to_json(self.tracks),
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> VideoTruth:
+        data = json.loads(text)
+        if data.get("truth_version") != TRUTH_VERSION:
+            raise ValueError(
+                f"synthetic ground-truth sidecar has truth_version {data.get('truth_version')!r}, this reader "
+                f"knows {TRUTH_VERSION}: rewrite the corpus with rest-prep mode=synth"
+            )
+        return cls(
+            identity=identity_from_json(data["identity"]),
+            tracks=tracks_from_json(data["gt"]),
+            blink_seed=int(data["blink_seed"]),
+            loudness_scale=float(data["loudness_scale"]),
+            size=int(data["size"]),
+            fps=int(data["fps"]),
+            sample_rate=int(data["sample_rate"]),
+        )
+
+
+def tracks_to_json(tracks: FrameTracks) -> dict[str, list]:
+    """``{"mouth": [T], "blink": [T], "pose": [T][3]}`` plain lists (the ``gt`` object of sidecar and clip)."""
+    return {"mouth": tracks.mouth.tolist(), "blink": tracks.blink.tolist(), "pose": tracks.pose.tolist()}
+
+
+def tracks_from_json(data: dict[str, list]) -> FrameTracks:
+    return FrameTracks(
+        mouth=np.asarray(data["mouth"], dtype=np.float64),
+        blink=np.asarray(data["blink"], dtype=np.float64),
+        pose=np.asarray(data["pose"], dtype=np.float64).reshape(-1, POSE_DIMS),
+    )
+
+
+def identity_from_json(data: dict) -> Identity:
+    """Inverse of ``asdict(identity)`` (json turns the colour tuples into lists)."""
+    return Identity(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def sidecar_path(video_path: str | Path) -> Path:
+    """Where a synthetic video's ground truth lives: ``{video}.json`` next to ``{video}.mp4``."""
+    return Path(video_path).with_suffix(".json")
+
+
 def write_synthetic_corpus(cfg: SynthConfig) -> list[Path]:
-    """Write ``cfg.n_videos`` talking-head files to ``{cfg.output}/{speaker}/vid{i:04d}.{container}``.
+    """Write ``cfg.n_videos`` talking-head files to ``{cfg.output}/{speaker}/vid{i:04d}.{container}``, each
+    with its ground truth (``VideoTruth``) in ``vid{i:04d}.json`` beside it.
 
     Video i uses identity ``i % n_speakers`` and seed ``(cfg.seed, i)``; files that already exist are
     overwritten so the corpus always matches the config. Returns the written paths in order.
@@ -346,6 +612,7 @@ def write_synthetic_corpus(cfg: SynthConfig) -> list[Path]:
         path = out / identity.speaker / f"vid{i:04d}.{ext}"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+        sidecar_path(path).write_text(VideoTruth.of(video).to_json(), encoding="ascii")
         paths.append(path)
     log.info("wrote %d synthetic videos (%d speakers) to %s", len(paths), cfg.n_speakers, out)
     return paths
