@@ -269,6 +269,8 @@ def _background(identity: Identity, size: int) -> np.ndarray:
 # (rest_lightning/metrics/synthtalk.py) invert this geometry to read the opening back from pixels.
 LIP_TINT = (0.75, 0.45, 0.45)  # lips = skin x this, per RGB channel
 MOUTH_INTERIOR_RGB = (35, 8, 12)  # the dark opening, the same for every identity
+LIP_CLOSED = 0.18  # lips half-height / mouth_w of a closed mouth (the lips' half-width is mouth_w)
+LIP_GAIN = 0.55  # added lips half-height / mouth_w per unit of mouth_open
 MOUTH_INNER_WIDTH = 0.8  # opening half-width / mouth_w
 MOUTH_INNER_CLOSED = 0.03  # opening half-height / mouth_w of a closed mouth
 MOUTH_INNER_GAIN = 0.45  # added opening half-height / mouth_w per unit of mouth_open
@@ -327,7 +329,7 @@ def render_face(
     mouth_c = at(0.0, 0.16)
     mw = identity.mouth_w * s
     lips = tuple(int(c * f) for c, f in zip(identity.skin, LIP_TINT, strict=True))
-    _ellipse(img, mouth_c, (mw, mw * (0.18 + 0.55 * mouth_open)), tilt_deg, lips)
+    _ellipse(img, mouth_c, (mw, mw * (LIP_CLOSED + LIP_GAIN * mouth_open)), tilt_deg, lips)
     _ellipse(
         img,
         mouth_c,
