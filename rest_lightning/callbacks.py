@@ -25,7 +25,11 @@ class RunCheckpoint(ModelCheckpoint):
 
     Also saves ``last.ckpt`` when training ends normally, whatever N is: the final steps of a run are
     never lost because max_steps is not a multiple of the save interval. (Uses ModelCheckpoint's own
-    last-checkpoint writer so the file keeps its name instead of becoming ``last-v1.ckpt``.)
+    last-checkpoint writer so the file keeps its name.) A run directory holds one run, so a name is never
+    versioned (``last-v1.ckpt``): a save replaces the file of that name.
+
+    The checkpoint a run resumed from is pruned like any other once ``keep_last`` newer ones exist
+    (Lightning keeps it forever, so ``keep_last=1`` left two step checkpoints after every resume).
     """
 
     def __init__(self, dirpath: Path, every_n_steps: int, keep_last: int) -> None:
@@ -39,7 +43,15 @@ class RunCheckpoint(ModelCheckpoint):
             mode="max",
             save_top_k=keep_last,
             save_last=True,
+            enable_version_counter=False,
         )
+
+    def _should_remove_checkpoint(self, trainer: L.Trainer, previous: str, current: str) -> bool:
+        """Any older checkpoint in this callback's folder may go, the resumed one included (Lightning's
+        version spares the resumed file; it is read completely before the first step)."""
+        if previous == current:
+            return False
+        return Path(self.dirpath).absolute() in Path(previous).absolute().parents
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._last_global_step_saved < trainer.global_step:

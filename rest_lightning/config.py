@@ -230,6 +230,13 @@ def _hydra_message(err: BaseException) -> str:
     return "\n".join(parts)
 
 
+def check_int(cfg: DictConfig, key: str) -> None:
+    """Refuse ``key`` unless it is an integer (an untyped YAML value takes any string)."""
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}={value!r} must be an integer")
+
+
 def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
     value = OmegaConf.select(cfg, key)
     if value not in allowed:
@@ -252,8 +259,56 @@ def stage_class(cfg: DictConfig) -> type:
         raise ConfigError(f"stage._target_={target!r} cannot be imported: {err}") from None
 
 
+# Trainer arguments rest-train sets itself (training._fit): a trainer.* value for them would collide.
+TRAINER_ARGS_SET_BY_TRAIN = ("strategy", "plugins", "default_root_dir", "logger", "callbacks",
+                             "enable_progress_bar", "enable_model_summary")
+# Sections whose keys are an object's constructor arguments, checked when it is instantiated (a misspelt
+# key fails there, named by section): the only free-form parts of conf/train.yaml.
+FREE_FORM_SECTIONS = ("data", "model", "stage")
+
+
+def _did_you_mean(key: str, allowed: list[str], section: str = "") -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f" (did you mean {section}{close[0]}?)" if close else ""
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Refuse keys a ``+key=value`` / ``++key=value`` override added that nothing reads: at the root
+    and in each typed section against its schema, in ``trainer`` against ``lightning.Trainer``'s
+    arguments (any of them may be added; those rest-train sets itself may not). Hydra lets ``+`` add a
+    key to a typed config, so without this a typo ran until ``Trainer.__init__`` refused it, after the
+    run directory was created."""
+    import dataclasses
+    import inspect
+
+    import lightning
+
+    root = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in cfg:
+        if key not in root:
+            raise ConfigError(f"{key}: not a rest-train config key{_did_you_mean(str(key), sorted(root))}; remove it")
+    trainer_args = sorted(set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"})
+    for key in cfg.trainer:
+        if key in TRAINER_ARGS_SET_BY_TRAIN:
+            raise ConfigError(f"trainer.{key} is set by rest-train itself (see the strategy, logger and checkpoint "
+                              "groups); remove it")
+        if key not in trainer_args:
+            raise ConfigError(f"trainer.{key}: lightning.Trainer has no argument {key!r}"
+                              f"{_did_you_mean(str(key), trainer_args, 'trainer.')}; remove or fix it")
+    for field_ in dataclasses.fields(TrainConfig):
+        if dataclasses.is_dataclass(field_.default_factory) and field_.name != "trainer":
+            known = sorted(f.name for f in dataclasses.fields(field_.default_factory))
+            for key in cfg[field_.name]:
+                if key not in known:
+                    raise ConfigError(f"{field_.name}.{key}: not a key of {field_.name}"
+                                      f"{_did_you_mean(str(key), known, field_.name + '.')}; remove or fix it")
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     """Cross-field checks Hydra's schema cannot express. Raises ConfigError naming the key."""
+    check_known_keys(cfg)
     resume = cfg.resume
     if resume not in RESUME_MODES and not Path(resume).expanduser().exists():
         raise ConfigError(

@@ -12,8 +12,9 @@ submodule's keys and keeps ``ema.module.*`` as they are, so the file is still a 
 the stage: a strict ``init_from`` loads it, and its EMA restarts from the EMA weights. Consumers that
 look for ``ema.module.*`` first (the streaming generator) read the same values either way.
 
-Inputs are read as weights only: a ``.ckpt`` with ``torch.load(weights_only=True)``, a ZeRO directory
-through DeepSpeed's converter after its pickles are checked (``checkpoint.check_zero_pickles``).
+Inputs are read as weights only: every ``.ckpt`` file or ZeRO directory is vetted first
+(``checkpoint.vet_checkpoint``: a weights-only load, the ZeRO pickles checked against the allowlist), and
+only then does DeepSpeed's converter read a ZeRO directory.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ from rest_lightning.checkpoint import (
     META_KEY,
     RUN_KEY,
     CheckpointMismatchError,
+    DamagedCheckpointError,
     is_zero_checkpoint,
     load_zero_weights,
-    zero_model_state_file,
+    one_line,
+    vet_checkpoint,
     zero_tag_dir,
 )
 
@@ -81,16 +84,10 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
     if not path.exists():
         raise FileNotFoundError(f"ckpt={str(path)!r} does not exist")
     if is_zero_checkpoint(path):
+        vet_checkpoint(path, source=f"ckpt={path}")
         state, client = load_zero_weights(path)
         return state, client, "zero"
-    if path.is_dir():
-        raise CheckpointMismatchError(f"ckpt={path} is a folder but not a DeepSpeed ZeRO checkpoint (no 'latest' file)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle.UnpicklingError: something other than tensors and containers
-        raise CheckpointMismatchError(
-            f"ckpt={path} cannot be read as weights only ({type(err).__name__}: {str(err).splitlines()[0]})"
-        ) from None
+    ckpt = vet_checkpoint(path, source=f"ckpt={path}")
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise CheckpointMismatchError(f"ckpt={path} is not a Lightning checkpoint (no 'state_dict' entry)")
     rest = {k: v for k, v in ckpt.items() if k != "state_dict"}
@@ -215,11 +212,9 @@ def checkpoint_info(ckpt: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"ckpt={str(path)!r} does not exist")
     if path.suffix == ".safetensors":
         return _safetensors_info(path)
+    ckpt_obj = vet_checkpoint(path, source=f"ckpt={path}")
     if is_zero_checkpoint(path):
-        return _zero_info(path)
-    if path.is_dir():
-        raise CheckpointMismatchError(f"ckpt={path} is a folder but not a DeepSpeed ZeRO checkpoint (no 'latest' file)")
-    ckpt_obj = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        return _zero_info(path, ckpt_obj)
     if not isinstance(ckpt_obj, Mapping) or "state_dict" not in ckpt_obj:
         raise CheckpointMismatchError(f"ckpt={path} is not a Lightning checkpoint (no 'state_dict' entry)")
     state = ckpt_obj["state_dict"]
@@ -277,8 +272,7 @@ def _tensor_info(shapes: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> d
     }
 
 
-def _zero_info(path: Path) -> dict[str, Any]:
-    client = torch.load(zero_model_state_file(path), map_location="cpu", mmap=True, weights_only=True)
+def _zero_info(path: Path, client: Mapping[str, Any]) -> dict[str, Any]:
     shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
     for group in client.get("param_shapes", []):  # trainable parameters, consolidated shapes
         for key, shape in group.items():
@@ -304,12 +298,15 @@ def _zero_info(path: Path) -> dict[str, Any]:
 
 
 def _safetensors_info(path: Path) -> dict[str, Any]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        header = f.metadata() or {}
-        shapes = {k: (tuple(f.get_slice(k).get_shape()), _st_dtype(f.get_slice(k).get_dtype())) for k in f.keys()}
-    meta = json.loads(header[META_KEY]) if META_KEY in header else {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            shapes = {k: (tuple(f.get_slice(k).get_shape()), _st_dtype(f.get_slice(k).get_dtype())) for k in f.keys()}
+        meta = json.loads(header[META_KEY]) if META_KEY in header else {}
+    except (SafetensorError, json.JSONDecodeError) as err:
+        raise DamagedCheckpointError(f"ckpt={path} is not a complete safetensors file ({one_line(err)})") from None
     info = {
         "path": str(path.resolve()),
         "kind": "safetensors",

@@ -10,8 +10,10 @@ Layout (DESIGN §9)::
         logs/                CSV logger output
         wandb/               W&B files (offline runs included)
 
-A relaunch with the same ``run_dir=...`` reuses the folder; ``resume=auto`` then continues from its
-newest checkpoint. Under SLURM the folder is chosen at submission and passed explicitly, so ranks and
+A run directory is one run. A relaunch with the same ``run_dir=...`` reuses the folder and
+``resume=auto`` continues from its newest checkpoint; ``resume=never`` on a folder that already holds
+checkpoints is refused (training.py), since a second run there would mix its checkpoints and logs with
+the first one's. Under SLURM the folder is chosen at submission and passed explicitly, so ranks and
 requeues never race on a timestamp.
 """
 
@@ -28,6 +30,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+TEMP_MARK = ".tmp-"  # atomic writes go to ".NAME.tmp-PID" and are renamed to NAME when complete
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,17 @@ class RunDir:
         _atomic_write_text(self.config_file, OmegaConf.to_yaml(cfg, resolve=True))
         _atomic_write_text(self.path / "git_sha.txt", git_sha() + "\n")
 
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete the ``.NAME.tmp-PID`` files a save killed mid-write left (checkpoint.AtomicCheckpointIO,
+        :func:`_atomic_write_text`); returns them. Call on rank 0 before training starts, when no save of
+        this run can be in flight."""
+        stale = [p for folder in (self.path, self.checkpoints) if folder.is_dir()
+                 for p in folder.glob(".*" + TEMP_MARK + "*") if p.is_file()]
+        for p in stale:
+            p.unlink(missing_ok=True)
+            log.info("removed %s, left by an interrupted save", p)
+        return stale
+
     def wandb_run_id(self) -> str:
         """The W&B run id kept beside the checkpoints, created on first use."""
         if self.wandb_id_file.exists():
@@ -99,6 +114,6 @@ def git_sha() -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)

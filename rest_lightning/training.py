@@ -59,9 +59,9 @@ def build_logger(cfg: DictConfig, run_dir: RunDir) -> Any:
     if kind == "none":
         return False
     if kind == "csv":
-        from lightning.pytorch.loggers import CSVLogger
+        from rest_lightning.csv_logger import RunCSVLogger
 
-        return CSVLogger(save_dir=str(run_dir.logs), name="", version="")
+        return RunCSVLogger(save_dir=str(run_dir.logs))  # appends across resumes (csv_logger.py)
     from lightning.pytorch.loggers import WandbLogger
 
     # Offline unless a key is present (or the user chose a mode): never block on a login prompt.
@@ -101,13 +101,43 @@ def build_callbacks(cfg: DictConfig, run_dir: RunDir) -> list[Any]:
 
 
 def select_resume_checkpoint(cfg: DictConfig, run_dir: RunDir) -> Path | None:
-    from rest_lightning.checkpoint import find_resume_checkpoint
+    """The checkpoint to resume, vetted as weights only (``checkpoint.vet_checkpoint``), or None.
+
+    ``resume=never`` on a run directory that already holds checkpoints is refused: a second run there
+    would write its checkpoints beside the first one's and a later ``resume=auto`` could pick either.
+    """
+    from rest_lightning.checkpoint import find_resume_checkpoint, resume_candidates, vet_checkpoint
 
     if cfg.resume == "never":
+        existing = resume_candidates(run_dir.path)
+        if existing:
+            raise ConfigError(
+                f"resume=never but run_dir={run_dir.path} already holds checkpoints ({existing[-1].name}...) of "
+                "another run. Continue it with resume=auto, or start a new run in a new run_dir=PATH."
+            )
         return None
     if cfg.resume == "auto":
         return find_resume_checkpoint(run_dir.path)
-    return Path(cfg.resume).expanduser()
+    path = Path(cfg.resume).expanduser()
+    vet_checkpoint(path, source=f"resume={path}")
+    return path
+
+
+def vet_input_checkpoints(cfg: DictConfig) -> None:
+    """Vet, before any stage code loads them, the files handed in through ``init_from`` and every
+    ``stage.*_checkpoint`` key, so that a refusal names the key the path came from."""
+    from rest_lightning.checkpoint import vet_checkpoint
+
+    keys = {"init_from": cfg.init_from}
+    stage = cfg.stage if isinstance(cfg.stage, DictConfig) else {}
+    keys |= {f"stage.{key}": stage.get(key) for key in stage if str(key).endswith("_checkpoint")}
+    for key, path in keys.items():
+        if not path:
+            continue
+        path = Path(str(path)).expanduser()
+        if path.suffix == ".safetensors":
+            continue  # no pickle in the format: nothing to vet
+        vet_checkpoint(path, source=f"{key}={path}")
 
 
 def check_resume_compatible(stage: Any, ckpt_path: Path, strategy_name: str) -> None:
@@ -145,19 +175,23 @@ def train(cfg: DictConfig) -> TrainResult:
             return TrainResult(submission.run_dir, None, 0)
 
     # Everything that can refuse the config runs before the run directory is written, so a bad value
-    # leaves no empty run behind. Seed first: the stage's initial weights come from it.
+    # leaves no empty run behind; and every checkpoint file is vetted before anything unpickles it.
+    is_rank_zero = _global_rank() == 0
+    if not is_rank_zero and RUN_DIR_ENV in os.environ:
+        cfg = OmegaConf.merge(cfg, {"run_dir": os.environ[RUN_DIR_ENV]})
+    run_dir = RunDir.resolve(cfg)
+    if is_rank_zero:
+        run_dir.remove_stale_temp_files()
+    ckpt_path = select_resume_checkpoint(cfg, run_dir)
+    vet_input_checkpoints(cfg)
+
+    # Seed first: the stage's initial weights come from it.
     from lightning.fabric.utilities.seed import seed_everything
 
     seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_node(cfg.data, "data")
     stage = instantiate_node(cfg.stage, "stage")
 
-    is_rank_zero = _global_rank() == 0
-    if not is_rank_zero and RUN_DIR_ENV in os.environ:
-        cfg = OmegaConf.merge(cfg, {"run_dir": os.environ[RUN_DIR_ENV]})
-    run_dir = RunDir.resolve(cfg)
-
-    ckpt_path = select_resume_checkpoint(cfg, run_dir)
     if ckpt_path is not None:
         check_resume_compatible(stage, ckpt_path, cfg.strategy.name)
         log.info("resuming from %s", ckpt_path)
@@ -183,7 +217,8 @@ def _fit(cfg: DictConfig, run_dir: RunDir, is_rank_zero: bool, datamodule: Any, 
          ckpt_path: Path | None) -> TrainResult:
     import lightning as L
 
-    from rest_lightning.checkpoint import AtomicCheckpointIO
+    from rest_lightning.callbacks import RunCheckpoint
+    from rest_lightning.checkpoint import AtomicCheckpointIO, is_zero_checkpoint
     from rest_lightning.launch.strategies import build_strategy
 
     # Passed as-is: every TrainerConfig default is Lightning's own, and None is meaningful for some keys
@@ -201,13 +236,20 @@ def _fit(cfg: DictConfig, run_dir: RunDir, is_rank_zero: bool, datamodule: Any, 
     )
     if trainer.logger:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    # The file was vetted (select_resume_checkpoint); Lightning reads it weights-only as well. A ZeRO
+    # directory is read by DeepSpeed, which cannot be told to: its pickles were checked instead.
+    weights_only = ckpt_path is not None and not is_zero_checkpoint(ckpt_path)
     try:
-        trainer.fit(stage, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        trainer.fit(stage, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
+                    weights_only=weights_only or None)
     finally:
         if cfg.logger.kind == "wandb" and is_rank_zero:
             import wandb
 
             wandb.finish()  # close the run so a later train() in this process starts (or resumes) its own
 
-    last = run_dir.checkpoints / "last.ckpt"
-    return TrainResult(run_dir.path, last if last.exists() else None, trainer.global_step)
+    # The last checkpoint this run wrote; a resume that had nothing left to train wrote none, and then
+    # the one it resumed from is the run's last state.
+    checkpoint = next(c for c in trainer.callbacks if isinstance(c, RunCheckpoint))
+    last = Path(checkpoint.last_model_path) if checkpoint.last_model_path else ckpt_path
+    return TrainResult(run_dir.path, last if last is not None and last.exists() else None, trainer.global_step)

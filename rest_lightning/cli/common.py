@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -20,6 +21,13 @@ EXIT_USAGE = 2
 
 # Errors that mean "your input or config is wrong", not "the program has a bug".
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def error_text(err: BaseException) -> str:
+    """The message of a user error as printed: without terminal escapes (a library's bold or colour
+    codes would reach log files raw)."""
+    return _ANSI_RE.sub("", str(err))
 
 
 def setup_logging() -> None:
@@ -79,6 +87,6 @@ def run_cli(
             return 0
         fn(cfg)
     except (*USER_ERRORS, *extra_errors) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {error_text(err)}", file=sys.stderr)
         return EXIT_USAGE
     return 0

@@ -92,10 +92,26 @@ def run(cfg: DictConfig) -> Any:
 
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}")
+    vet_eval_checkpoints(cfg)
     try:
         return run_eval(cfg) if cfg.mode == "run" else render_tables(cfg)
     except (ManifestError, ProtocolError, ValueError, TimeoutError) as err:
         raise ConfigError(str(err)) from None
+
+
+def vet_eval_checkpoints(cfg: DictConfig) -> None:
+    """Refuse, before any work, a ``ckpts.NAME`` or ``vae_ckpt`` file that is not weights only."""
+    from pathlib import Path
+
+    from rest_lightning.checkpoint import CheckpointMismatchError, vet_checkpoint
+
+    paths = {f"ckpts.{name}": path for name, path in (cfg.ckpts or {}).items()} | {"vae_ckpt": cfg.vae_ckpt}
+    for key, path in paths.items():
+        if path and not str(path).endswith(".safetensors"):
+            try:
+                vet_checkpoint(Path(str(path)).expanduser(), source=f"{key}={path}")
+            except CheckpointMismatchError as err:
+                raise ConfigError(str(err)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rest_lightning.cli.common import run_cli
-from rest_lightning.config import ConfigError
+from rest_lightning.config import ConfigError, check_int
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +100,9 @@ def _read_checkpoint(path: str, key: str, stages: Sequence[str]) -> dict[str, to
     from rest_lightning.checkpoint import CheckpointMismatchError, load_user_state
 
     try:
-        state, meta = load_user_state(path)
+        state, meta = load_user_state(path, key=key)
     except CheckpointMismatchError as err:
-        raise ConfigError(f"{key}={path}: {err}") from None
+        raise ConfigError(str(err)) from None
     except FileNotFoundError:
         raise ConfigError(f"{key}={path!r} does not exist") from None
     stage = meta.get("stage")
@@ -266,6 +266,7 @@ def generate(cfg: DictConfig) -> Path:
     from rest_lightning.streaming.media import MediaError, Mp4StreamWriter, frames_to_uint8, image_to_tensor
 
     check_size(cfg)
+    check_int(cfg, "crf")  # an untyped YAML key takes any string; H264Config checks the range
     for key in ("ref", "audio"):
         if OmegaConf.is_missing(cfg, key) or not cfg[key]:
             raise ConfigError(f"{key}=... is required (rest-generate --help)")
