@@ -262,9 +262,6 @@ def stage_class(cfg: DictConfig) -> type:
 # Trainer arguments rest-train sets itself (training._fit): a trainer.* value for them would collide.
 TRAINER_ARGS_SET_BY_TRAIN = ("strategy", "plugins", "default_root_dir", "logger", "callbacks",
                              "enable_progress_bar", "enable_model_summary")
-# Sections whose keys are an object's constructor arguments, checked when it is instantiated (a misspelt
-# key fails there, named by section): the only free-form parts of conf/train.yaml.
-FREE_FORM_SECTIONS = ("data", "model", "stage")
 
 
 def _did_you_mean(key: str, allowed: list[str], section: str = "") -> str:
@@ -279,7 +276,13 @@ def check_known_keys(cfg: DictConfig) -> None:
     and in each typed section against its schema, in ``trainer`` against ``lightning.Trainer``'s
     arguments (any of them may be added; those rest-train sets itself may not). Hydra lets ``+`` add a
     key to a typed config, so without this a typo ran until ``Trainer.__init__`` refused it, after the
-    run directory was created."""
+    run directory was created.
+
+    The free-form sections are ``data``, ``model`` and ``stage`` (typed ``Any``). ``data`` and ``stage``
+    keys are the arguments of the classes their ``_target_`` names and are checked when those are
+    instantiated (``training.instantiate_node``, still before the run directory exists), which covers
+    keys inside ``model.*`` configs the stage interpolates; a new top-level ``model.NAME`` that no stage
+    interpolates is not read and not refused."""
     import dataclasses
     import inspect
 

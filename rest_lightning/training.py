@@ -46,12 +46,15 @@ def instantiate_node(node: DictConfig, key: str) -> Any:
     an unknown argument) turned into :class:`ConfigError` naming the config key."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from omegaconf.errors import MissingMandatoryValue
 
     try:
         return instantiate(node, _convert_="object")
     except InstantiationException as err:
         cause = err.__cause__ or err
         raise ConfigError(f"{key}: {cause}") from None
+    except MissingMandatoryValue as err:  # a `???` nobody set, e.g. data.cfg.root
+        raise ConfigError(f"{err.full_key}=... is required (it is ???); set it on the command line") from None
 
 
 def build_logger(cfg: DictConfig, run_dir: RunDir) -> Any:

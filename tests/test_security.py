@@ -147,3 +147,9 @@ def test_unknown_trainer_keys_fail_before_a_run_directory_exists(tiny_shards, tm
     code = train_cli.main(train_args(tiny_shards, tmp_path / "run", override))
     assert_refused(capsys, code, "rest-train", named)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unset_required_value_is_one_line_exit_2(tmp_path, capsys):
+    code = train_cli.main(["experiment=tiny_vae", "logger=none", f"run_dir={tmp_path / 'run'}"])
+    assert_refused(capsys, code, "rest-train", "data.cfg.root=... is required")
+    assert not (tmp_path / "run").exists()
