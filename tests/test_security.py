@@ -87,6 +87,20 @@ def test_resume_auto_refuses_a_planted_file_in_either_folder(planted, real_ckpt,
     assert not marker.exists(), "the payload ran"
 
 
+def test_resume_auto_refuses_a_planted_zero_directory(tmp_path):
+    from rest_lightning.checkpoint import UnsafeCheckpointError, find_resume_checkpoint
+
+    marker = tmp_path / "marker"
+    zero = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    (zero / "checkpoint").mkdir(parents=True)
+    (zero / "latest").write_text("checkpoint")
+    torch.save({"module": {}, "global_step": 1, "payload": Payload(marker)},
+               zero / "checkpoint" / "mp_rank_00_model_states.pt")
+    with pytest.raises(UnsafeCheckpointError, match=r"builtins.exec: not a plain DeepSpeed ZeRO checkpoint"):
+        find_resume_checkpoint(tmp_path / "run")
+    assert not marker.exists(), "the payload ran"
+
+
 @pytest.mark.parametrize("key", ["init_from", "stage.vae_checkpoint"])
 def test_train_input_files_are_vetted_naming_their_key(planted, tiny_shards, tmp_path, capsys, key):
     payload, marker = planted
