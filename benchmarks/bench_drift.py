@@ -8,12 +8,19 @@ chunk to the reference, cosine of the chunk latent to the reference latent), fir
 
     python benchmarks/bench_drift.py --shards demo_out/shards --teacher demo_out/runs/tiny_teacher/checkpoints/last.ckpt \
         --vae demo_out/runs/tiny_vae/checkpoints/last.ckpt --steps 40 --chunks 50 --out demo_out/drift
+
+Every invocation measures from scratch: each variant trains in `<out>/<variant>/run` with resume=never,
+and that run directory, left by an earlier invocation (finished or interrupted), is deleted first, so
+running the same command twice gives a new table instead of being refused ("a run directory is one run")
+or continuing the old run. Only `<out>/<variant>/run` folders holding a run's config.yaml are deleted;
+anything else at that path stops the benchmark. The results are `<out>/drift.json` (overwritten).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 from rest_lightning.config import compose
@@ -29,8 +36,20 @@ SLUGS = {"student (ASD)": "student", "no ASD (teacher-forced flow matching)": "n
 CURVES = ("latent_mean", "latent_std", "lpips_ref", "id_cos")
 
 
+def fresh_run_dir(out: Path, slug: str) -> Path:
+    """``<out>/<slug>/run`` with an earlier invocation's run removed, so this one starts at step 0."""
+    run_dir = out / slug / "run"
+    if run_dir.exists():
+        if not (run_dir / "config.yaml").is_file():
+            raise SystemExit(f"{run_dir} is not a run directory of this benchmark (no config.yaml): move it away "
+                             "or pick another --out")
+        print(f"removing the previous benchmark run {run_dir}")
+        shutil.rmtree(run_dir)
+    return run_dir
+
+
 def run_variant(name: str, deltas: list[str], args: argparse.Namespace) -> dict[str, list[float]]:
-    run_dir = Path(args.out) / SLUGS[name] / "run"
+    run_dir = fresh_run_dir(Path(args.out), SLUGS[name])
     cfg = compose("train", [
         "experiment=tiny_student", f"data.cfg.root={args.shards}", f"init_from={args.teacher}",
         f"stage.vae_checkpoint={args.vae}", "stage.random_teacher_ok=false", f"run_dir={run_dir}", "resume=never",
