@@ -15,8 +15,19 @@ One command, two places (DESIGN §7)::
   message, before any process group could wait forever for a rank that does not exist; training then
   goes on and Lightning's ``SLURMEnvironment`` sets the ranks. On ``SIGUSR1`` (90 s before the time
   limit, or ``scancel --signal=USR1 JOBID``) Lightning writes ``checkpoints/hpc_ckpt_N.ckpt`` and runs
-  ``scontrol requeue``; the requeued job starts the same ``srun`` line, whose ``resume=auto`` picks the
-  newest checkpoint by step (:func:`rest_lightning.checkpoint.find_resume_checkpoint`).
+  ``scontrol requeue``; the requeued job starts the same ``srun`` line with ``resume=auto``, which picks
+  the newest checkpoint by step (:func:`rest_lightning.checkpoint.find_resume_checkpoint`).
+
+**Resume across requeues.** The submitted ``resume=`` applies to the job's first start; every requeue
+(``SLURM_RESTART_COUNT`` > 0) must continue the job's own progress. With ``resume=auto`` (the default) the
+srun line is the same for both. With ``resume=never`` or ``resume=PATH`` the script picks the value per
+start (:func:`_resume_lines`): the submitted one on the first start, ``resume=auto`` on a requeue once the
+run directory holds a checkpoint, the submitted one again when the job was requeued before it saved any
+(a node failure, a preemption). Kept as-is, ``resume=never`` would refuse every requeue (the run directory
+holds the job's checkpoints) and ``resume=PATH`` would go back to PATH, losing the job's steps. For that
+choice to be right, :func:`submit` refuses what would make ``resume=auto`` pick another run's file on a
+requeue: ``resume=never`` on a run directory that holds checkpoints, and ``resume=PATH`` where the run
+directory's newest checkpoint is not PATH itself.
 """
 
 from __future__ import annotations
@@ -92,18 +103,26 @@ def submit(cfg: DictConfig, user_overrides: Sequence[str] | None = None) -> Slur
     """
     _check_cluster_config(cfg)
     run_dir = RunDir.resolve(cfg)
+    user = job_overrides(cfg, user_overrides)
     additions = _job_additions(cfg, run_dir)
     added_keys = {_override_key(a) for a in additions}
-    srun_overrides = [o for o in job_overrides(cfg, user_overrides) if _override_key(o) not in added_keys]
+    srun_overrides = [o for o in user if _override_key(o) not in added_keys]
     srun_overrides += additions
+    first_resume = None
+    if cfg.resume != "auto":
+        _check_requeue_resume(cfg, run_dir)
+        # The script passes resume= per start (_resume_lines); the user's own spelling is kept for the first.
+        first_resume = next((o for o in reversed(user) if _override_key(o) == "resume"),
+                            f"resume={_hydra_quote(cfg.resume)}")
+        srun_overrides = [o for o in srun_overrides if _override_key(o) != "resume"]
     # The job composes exactly this list: compose it here too, so a line that cannot run fails now.
-    validate_train_config(compose("train", srun_overrides))
+    validate_train_config(compose("train", [*srun_overrides, *([first_resume] if first_resume else [])]))
 
     run_dir.prepare(OmegaConf.merge(cfg, {"run_dir": str(run_dir.path)}))
     slurm_dir = run_dir.path / "slurm"
     slurm_dir.mkdir(exist_ok=True)
     script = slurm_dir / SCRIPT_NAME
-    script.write_text(render_sbatch(cfg, run_dir, srun_overrides, cwd=Path.cwd()))
+    script.write_text(render_sbatch(cfg, run_dir, srun_overrides, cwd=Path.cwd(), first_resume=first_resume))
     script.chmod(0o755)
 
     if not cfg.cluster.submit:
@@ -168,6 +187,33 @@ def _check_cluster_config(cfg: DictConfig) -> None:
         )
 
 
+def _check_requeue_resume(cfg: DictConfig, run_dir: RunDir) -> None:
+    """Refuse, at submission, a ``resume=never``/``resume=PATH`` that a requeue's ``resume=auto`` would
+    betray by picking a checkpoint this job did not write (a run directory is one run)."""
+    from rest_lightning.checkpoint import find_resume_checkpoint
+    from rest_lightning.training import select_resume_checkpoint
+
+    select_resume_checkpoint(cfg, run_dir)  # resume=never on a used run directory; PATH vetted as weights only
+    if cfg.resume == "never":
+        return
+    path = Path(cfg.resume).expanduser().resolve()
+    newest = find_resume_checkpoint(run_dir.path)
+    if newest is not None and newest.resolve() != path:
+        raise ConfigError(
+            f"resume={cfg.resume} under cluster=slurm: a requeue continues with resume=auto, which would pick "
+            f"{newest} (the newest checkpoint already in run_dir={run_dir.path}) instead of this job's own. "
+            "Submit with a new run_dir=PATH (the checkpoint can stay where it is), or move the run directory's "
+            "newer checkpoints out of it."
+        )
+
+
+def _hydra_quote(value: str) -> str:
+    """``value`` as a Hydra override value: as-is when plain, else single-quoted (paths with ``=``, spaces)."""
+    if re.fullmatch(r"[\w./~-]+", value):
+        return value
+    return "'" + value.replace("'", "\\'") + "'"
+
+
 def _job_additions(cfg: DictConfig, run_dir: RunDir) -> list[str]:
     """What the srun line adds to the user's overrides: the fixed run directory and the layout."""
     additions = [
@@ -183,11 +229,13 @@ def _job_additions(cfg: DictConfig, run_dir: RunDir) -> list[str]:
     return additions
 
 
-def render_sbatch(cfg: DictConfig, run_dir: RunDir, srun_overrides: Sequence[str], cwd: Path) -> str:
+def render_sbatch(cfg: DictConfig, run_dir: RunDir, srun_overrides: Sequence[str], cwd: Path,
+                  first_resume: str | None = None) -> str:
     """The batch script: ``#SBATCH`` lines from ``cfg.cluster``, its ``setup`` lines, then ``srun rest-train``.
 
     ``--open-mode=append`` keeps one output file across requeues (same job id); ``--chdir`` makes
-    relative paths in the overrides mean what they meant at submission.
+    relative paths in the overrides mean what they meant at submission. ``first_resume`` (an override such
+    as ``resume=never``; None for ``resume=auto``) is passed on the first start only: see :func:`_resume_lines`.
     """
     cluster = cfg.cluster
     slurm_dir = run_dir.path / "slurm"
@@ -210,19 +258,40 @@ def render_sbatch(cfg: DictConfig, run_dir: RunDir, srun_overrides: Sequence[str
         *cluster.extra_sbatch,
     ]
     srun = " ".join(["srun", "--kill-on-bad-exit=1", "rest-train", *(shlex.quote(o) for o in srun_overrides)])
+    resume_lines = _resume_lines(first_resume, run_dir) if first_resume else []
+    if resume_lines:
+        srun += ' "$RESUME"'
     lines = [
         "#!/bin/bash",
         f"# Rendered by rest-train (cluster=slurm) for the run directory {run_dir.path}.",
-        "# Every launch and requeue runs the same srun line; resume=auto continues from the newest checkpoint.",
+        "# Every launch and requeue runs the same srun line; a requeue resumes with resume=auto (the newest checkpoint).",
         *(f"#SBATCH {opt}" for opt in sbatch),
         "set -eo pipefail",
         'echo "=== batch start: job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0} '
         'nodes ${SLURM_JOB_NODELIST} $(date -u +%FT%TZ)"',
         *cluster.setup,
+        *resume_lines,
         srun,
         'echo "=== batch end: job ${SLURM_JOB_ID} $(date -u +%FT%TZ)"',
     ]
     return "\n".join(lines) + "\n"
+
+
+def _resume_lines(first_resume: str, run_dir: RunDir) -> list[str]:
+    """Shell lines setting ``$RESUME`` for this start: ``first_resume`` on the first start, ``resume=auto``
+    on a requeue once ``checkpoints/`` holds a checkpoint (a file, or a ZeRO directory with its ``latest``:
+    the names resume=auto considers), ``first_resume`` again on a requeue before any save."""
+    checkpoints = shlex.quote(str(run_dir.checkpoints))
+    return [
+        "# The submitted resume= applies to the first start; a requeue continues this job's own checkpoints.",
+        f"RESUME={shlex.quote(first_resume)}",
+        'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then',
+        f"    for ckpt in {checkpoints}/last.ckpt {checkpoints}/step=*.ckpt {checkpoints}/hpc_ckpt_*.ckpt; do",
+        '        if [ -f "$ckpt" ] || [ -f "$ckpt/latest" ]; then RESUME=resume=auto; fi',
+        "    done",
+        "fi",
+        'echo "=== ${RESUME}"',
+    ]
 
 
 def _job_name(name: str) -> str:
