@@ -34,9 +34,11 @@ MODES = ("run", "table")
 def eval_schema() -> type:
     """Root schema of conf/eval.yaml (unknown or misspelled keys fail at compose)."""
     from eval.bootstrap import BootstrapConfig
+    from eval.synthtalk import SynthTalkSettings
     from rest_lightning.metrics import MetricWeightsConfig
 
     bootstrap_fields = fields_schema("BootstrapFields", BootstrapConfig)
+    synthtalk_fields = fields_schema("SynthTalkFields", SynthTalkSettings)
 
     @dataclass
     class MetricsSection:
@@ -77,11 +79,13 @@ def eval_schema() -> type:
         bootstrap: Any = field(default_factory=bootstrap_fields)
         eval: MetricsSection = field(default_factory=MetricsSection)
         wandb: WandbSection = field(default_factory=WandbSection)
+        synthtalk: Any = field(default_factory=synthtalk_fields)
 
     # Postponed annotations (from __future__) name these local classes as strings, which OmegaConf
     # cannot resolve; hand it the classes themselves (as cli/prep.py does).
     MetricsSection.__annotations__.update(weights=MetricWeightsConfig)
-    EvalRoot.__annotations__.update(bootstrap=bootstrap_fields, eval=MetricsSection, wandb=WandbSection)
+    EvalRoot.__annotations__.update(bootstrap=bootstrap_fields, eval=MetricsSection, wandb=WandbSection,
+                                    synthtalk=synthtalk_fields)
     return EvalRoot
 
 
@@ -89,13 +93,18 @@ def run(cfg: DictConfig) -> Any:
     from eval.manifest import ManifestError
     from eval.protocol import ProtocolError
     from eval.runner import render_tables, run_eval
+    from eval.synthtalk import PROTOCOL as SYNTHTALK
+    from eval.synthtalk import run as run_synthtalk
+    from rest_lightning.stored_models import StoredModelError
 
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}")
     vet_eval_checkpoints(cfg)
     try:
+        if cfg.protocol == SYNTHTALK and cfg.mode == "run":
+            return run_synthtalk(cfg)
         return run_eval(cfg) if cfg.mode == "run" else render_tables(cfg)
-    except (ManifestError, ProtocolError, ValueError, TimeoutError) as err:
+    except (ManifestError, ProtocolError, StoredModelError, FileNotFoundError, ValueError, TimeoutError) as err:
         raise ConfigError(str(err)) from None
 
 

@@ -1,0 +1,131 @@
+"""Models and stream settings rebuilt from what a checkpoint stores (issue 13: "the checkpoint decides").
+
+A teacher or student checkpoint stores its architectures (``rest.config``: ``dit``, ``audio``, ``vae``,
+``chunk_frames``; a student also its ``cache``), a VAE checkpoint its ``vae``. Building the modules from
+those, rather than from whatever ``model/*`` group a command line names, means a stream or an
+evaluation runs the network that was trained, with the cache it was trained with:
+
+- ``load_denoiser(path)`` -> the DiT and audio encoder (EMA weights first), their ``StoredDenoiser`` meta;
+- ``load_vae(path)`` -> the VAE (EMA weights first);
+- ``stream_config(stored, **overrides)`` -> the ``StreamConfig`` the checkpoint implies; an override that
+  contradicts a stored cache setting is refused, naming both values.
+
+A teacher stores no cache: it streams with ``TEACHER_STREAM_DEFAULTS`` unless told otherwise.
+Files are read weights-only (``checkpoint.load_user_state``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from rest_lightning.checkpoint import load_user_state, load_weights_into
+from rest_lightning.models.audio import AudioConfig, AudioEncoder
+from rest_lightning.models.dit import DiT, DiTConfig
+from rest_lightning.models.vae import CausalVideoVAE, VAEConfig
+from rest_lightning.streaming.generator import StreamConfig
+
+# Where each stage keeps the module's weights, best first (the EMA copy generates better).
+DENOISER_PREFIXES = ("ema.module.", "model.")  # teacher / student: {dit,audio_encoder}.*
+VAE_PREFIXES = ("ema.module.", "vae.")  # VAE stage
+DIFFUSION_STAGES = ("teacher", "student")
+# A teacher checkpoint stores no cache: window 1 is the shortest window that keeps a context chunk
+# (design choice); the switches default on as in CacheConfig.
+TEACHER_STREAM_DEFAULTS = {"window": 1, "use_id_sink": True, "use_context_cache": True}
+
+
+class StoredModelError(ValueError):
+    """A checkpoint that cannot give the modules asked for (one line naming the file and the fix)."""
+
+
+@dataclass(frozen=True)
+class StoredDenoiser:
+    """A teacher / student as stored: ``stage``, ``chunk_frames`` and ``cache`` (student only, else None)."""
+
+    dit: DiT
+    audio: AudioEncoder
+    stage: str
+    chunk_frames: int
+    cache: dict[str, Any] | None
+    source: str
+
+
+def _weights(state: dict[str, Tensor], prefixes: tuple[str, ...]) -> tuple[dict[str, Tensor], str]:
+    for prefix in prefixes:
+        picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if picked:
+            return picked, prefix
+    return dict(state), ""
+
+
+def _config(cls: type, stored: dict[str, Any], source: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in stored.items() if k in known})
+    except (TypeError, ValueError) as err:
+        raise StoredModelError(f"{source}: its stored {cls.__name__} does not build ({err})") from None
+
+
+def load_denoiser(path: str | Path, key: str = "ckpt") -> StoredDenoiser:
+    """The DiT + audio encoder of a teacher / student checkpoint, built from its stored config."""
+    state, meta = load_user_state(path, key=key)
+    source = f"{key}={path}"
+    stage, config = meta.get("stage"), meta.get("config") or {}
+    if stage not in DIFFUSION_STAGES or "dit" not in config or "audio" not in config:
+        raise StoredModelError(
+            f"{source} is {'a ' + repr(stage) if stage else 'not a'} stage checkpoint with a stored config; "
+            f"give a {' or '.join(DIFFUSION_STAGES)} checkpoint written by rest-train (or rest-ckpt export)"
+        )
+    dit = DiT(_config(DiTConfig, config["dit"], source))
+    audio = AudioEncoder(_config(AudioConfig, config["audio"], source))
+    weights, prefix = _weights(state, DENOISER_PREFIXES)
+    for name, module in (("dit.", dit), ("audio_encoder.", audio)):
+        part = {k[len(name):]: v for k, v in weights.items() if k.startswith(name)}
+        load_weights_into(module, part, strict=True, source=f"{source} ({prefix}{name}*)")
+    return StoredDenoiser(dit.eval(), audio.eval(), stage, int(config.get("chunk_frames", 1)),
+                          config.get("cache"), source)
+
+
+def load_vae(path: str | Path, key: str = "vae_ckpt") -> CausalVideoVAE:
+    """The VAE of a VAE-stage checkpoint, built from its stored config (EMA weights first)."""
+    state, meta = load_user_state(path, key=key)
+    source = f"{key}={path}"
+    config = (meta.get("config") or {}).get("vae")
+    if meta.get("stage") != "vae" or config is None:
+        raise StoredModelError(f"{source} is not a VAE-stage checkpoint with a stored config (rest-train "
+                               "experiment=*_vae writes one)")
+    vae = CausalVideoVAE(_config(VAEConfig, config, source))
+    weights, _ = _weights(state, VAE_PREFIXES)
+    load_weights_into(vae, weights, strict=True, source=source)
+    return vae.eval()
+
+
+def stream_config(stored: StoredDenoiser, **overrides: Any) -> StreamConfig:
+    """The ``StreamConfig`` ``stored`` was trained for; ``overrides`` may set free fields (seed, timesteps,
+    audio_guidance, compile) and may only repeat a stored cache setting, never contradict it."""
+    cache = dict(stored.cache) if stored.cache is not None else dict(TEACHER_STREAM_DEFAULTS)
+    for name, value in overrides.items():
+        if stored.cache is not None and name in cache and value != cache[name]:
+            raise StoredModelError(
+                f"stream.{name}={value!r} contradicts the {stored.source} student's trained {name}={cache[name]!r}; "
+                "drop the override (the checkpoint decides the cache)"
+            )
+    if overrides.get("chunk_frames", stored.chunk_frames) != stored.chunk_frames:
+        raise StoredModelError(f"stream.chunk_frames={overrides['chunk_frames']} contradicts the trained "
+                               f"chunk_frames={stored.chunk_frames} of {stored.source}")
+    settings = {**cache, "chunk_frames": stored.chunk_frames, **overrides}
+    return StreamConfig(**{k: v for k, v in settings.items() if k in {f.name for f in fields(StreamConfig)}})
+
+
+__all__ = [
+    "DENOISER_PREFIXES",
+    "StoredDenoiser",
+    "StoredModelError",
+    "TEACHER_STREAM_DEFAULTS",
+    "load_denoiser",
+    "load_vae",
+    "stream_config",
+]
