@@ -26,6 +26,7 @@ class DataConfig:
     num_workers: int = 2  # loader processes per rank; see benchmarks/bench_data.py for clips/s each
     seed: int = 0
     epoch_steps: int = 1000  # design choice: batches per rank per epoch (webdataset with_epoch)
+    cache_mb: int = 0  # decoded training videos kept in memory per loader process (0 = decode every read)
     fps: int = 25  # REST / DESIGN §3
     sample_rate: int = 16_000  # REST / DESIGN §3
     train_split: str = "train"
@@ -41,6 +42,8 @@ class DataConfig:
             raise ValueError(f"data.batch_size must be >= 1, got {self.batch_size}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.cache_mb < 0:
+            raise ValueError(f"data.cache_mb must be >= 0, got {self.cache_mb}")
         if self.epoch_steps < 1:
             raise ValueError(f"data.epoch_steps must be >= 1, got {self.epoch_steps}")
         MediaSpec(fps=self.fps, sample_rate=self.sample_rate)
@@ -101,6 +104,7 @@ class VideoDataModule(L.LightningDataModule):
             self.cfg.seed,
             rank,
             self.cfg.epoch_steps,
+            cache_bytes=self.cfg.cache_mb << 20,
         )
         stream.start_at(self._resume_step())
         return stream
