@@ -132,3 +132,23 @@ def test_latent_mode_reads_latent_npy_without_decoding_video(prepared, tmp_path)
     assert batch.audio.shape == (2, 9 * 640)
     for k, key in enumerate(batch.keys):
         torch.testing.assert_close(batch.latent[k], torch.from_numpy(latents[key][:, :2]))
+
+
+def test_decoded_video_cache_gives_the_same_batches_and_decodes_each_clip_once(prepared, monkeypatch):
+    import rest_lightning.data.datasets as datasets
+
+    cfg, _ = prepared
+    loader = _dm(cfg.output, epoch_steps=4).train_dataloader()
+    plain = [b for _ in range(3) for b in loader]
+    decoded: list[int] = []
+    real = datasets.decode_mp4
+    monkeypatch.setattr(datasets, "decode_mp4", lambda data: decoded.append(len(data)) or real(data))
+    loader = _dm(cfg.output, epoch_steps=4, cache_mb=64).train_dataloader()
+    cached = [b for _ in range(3) for b in loader]
+    assert len(plain) == len(cached) == 12
+    for a, b in zip(plain, cached, strict=True):
+        assert a.keys == b.keys and torch.equal(a.video, b.video) and torch.equal(a.audio, b.audio)
+    distinct = len({k for b in cached for k in b.keys})
+    assert len(decoded) == distinct < sum(len(b.keys) for b in cached)  # each clip decoded once
+    with pytest.raises(ValueError, match="cache_mb"):
+        DataConfig(root="x", cache_mb=-1)
