@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,7 +16,8 @@ class ClipItem:
     float32 in [-1, 1]; latent: ``(C, 1 + k, h, w)`` float32 or ``None``; valid: False for a
     padding item standing in for a corrupt or missing validation sample; ode: the teacher's ODE
     trajectory ``(S + 1, C, 1 + k, h, w)`` float32 (latent mode, shards with ``ode.npy``; noise first,
-    sample last, frames cut like ``latent``) or ``None``.
+    sample last, frames cut like ``latent``) or ``None``; speaker: the record's speaker name ("" for
+    padding); synthetic: the record carries SynthTalk ground truth (``gt``, schema 2 synthetic corpora).
     """
 
     video: torch.Tensor | None
@@ -27,6 +28,8 @@ class ClipItem:
     key: str
     start_frame: int  # first frame of the window, in 25 fps frames of the source video (-1 = padding)
     ode: torch.Tensor | None = None
+    speaker: str = ""
+    synthetic: bool = False
 
 
 @dataclass
@@ -38,7 +41,9 @@ class ClipBatch:
     latent: ``(B, C, 1 + k, h, w)`` or ``None``; mask: ``(B,)`` bool, False = padding (exclude from
     metrics); start_frame: ``(B,)`` long; keys: sample keys; skipped: corrupt samples the training
     stream skipped to fill this batch (log it as ``train/skipped_samples``); ode: ``(B, S + 1, C, 1 + k,
-    h, w)`` teacher trajectories aligned with ``latent`` (``data_prep/ode_trajectories.py``) or ``None``.
+    h, w)`` teacher trajectories aligned with ``latent`` (``data_prep/ode_trajectories.py``) or ``None``;
+    speakers: speaker names ("" for padding); synthetic: ``(B,)`` bool, True where the clip's json carries
+    SynthTalk ground truth (the SynthTalk validation metrics score only those rows; ``None``: unknown).
     """
 
     video: torch.Tensor | None
@@ -50,6 +55,8 @@ class ClipBatch:
     keys: list[str]
     skipped: int = 0
     ode: torch.Tensor | None = None
+    speakers: list[str] = field(default_factory=list)
+    synthetic: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -67,4 +74,6 @@ def collate_clips(items: list[ClipItem], skipped: int = 0) -> ClipBatch:
         keys=[i.key for i in items],
         skipped=skipped,
         ode=torch.stack([i.ode for i in items]) if items[0].ode is not None else None,
+        speakers=[i.speaker for i in items],
+        synthetic=torch.tensor([i.synthetic for i in items], dtype=torch.bool),
     )
