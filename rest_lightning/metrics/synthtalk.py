@@ -25,13 +25,16 @@ synced across ranks like the others); the plain functions serve offline evaluati
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from rest_lightning.data.schema import MediaSpec
 from rest_lightning.data.synthetic import (
@@ -448,29 +451,48 @@ class SynthTalkLipSync(Metric):
             self.clip_lengths.append(torch.tensor([n], device=device))
             self.clip_speakers.append(who.reshape(1).to(device=device, dtype=torch.int64))
 
-    def _states(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        def flat(state: list[Tensor] | Tensor) -> Tensor:
-            return (
-                state if isinstance(state, Tensor) else torch.cat(state)
-            )  # synced list states arrive concatenated
+    # The dtype of each ``cat`` state: a rank that scored no clip sends an empty tensor of this dtype, so
+    # every rank's part of an all-gather agrees (torchmetrics would send an empty float32 tensor).
+    _STATE_DTYPES = {
+        "measured": torch.float64,
+        "loudness": torch.float64,
+        "clip_lengths": torch.int64,
+        "clip_speakers": torch.int64,
+    }
 
-        return flat(self.measured), flat(self.loudness), flat(self.clip_lengths), flat(self.clip_speakers)
+    def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any | None = None) -> None:
+        # Called by ``sync`` after it cached the local states (``unsync`` restores them).
+        for name, dtype in self._STATE_DTYPES.items():
+            if isinstance(getattr(self, name), list) and not getattr(self, name):
+                setattr(self, name, [torch.empty(0, dtype=dtype, device=self.device)])
+        super()._sync_dist(dist_sync_fn, process_group)
+
+    def _states(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        def flat(name: str) -> Tensor:
+            state = getattr(self, name)
+            if isinstance(state, Tensor):  # synced list states arrive concatenated
+                return state
+            return torch.cat(state) if state else torch.empty(0, dtype=self._STATE_DTYPES[name])
+
+        return flat("measured"), flat("loudness"), flat("clip_lengths"), flat("clip_speakers")
 
     def per_speaker(self) -> dict[int, LipSyncScore]:
-        """Speaker id -> ``LipSyncScore`` pooled over that speaker's clips."""
-        measured, expected, lengths, speakers = (t.cpu() for t in self._states())
+        """Speaker id -> ``LipSyncScore`` pooled over that speaker's clips, the audio's loudness turned
+        into the opening it implies on one scale per speaker (as ``expected_mouth``)."""
+        measured, loudness, lengths, speakers = (t.cpu() for t in self._states())
         clips_m = torch.split(measured, lengths.tolist())
-        clips_e = torch.split(expected, lengths.tolist())
+        clips_l = torch.split(loudness, lengths.tolist())
         scores = {}
         for who in sorted(set(speakers.tolist())):
             chosen = [i for i, s in enumerate(speakers.tolist()) if s == who]
-            scores[who] = lip_sync(
-                [clips_m[i] for i in chosen], [clips_e[i] for i in chosen], self.max_offset
-            )
+            scale = loudness_scale(torch.cat([clips_l[i] for i in chosen]).numpy())
+            expected = [torch.from_numpy(mouth_opening_from_loudness(clips_l[i].numpy(), scale)) for i in chosen]
+            scores[who] = lip_sync([clips_m[i] for i in chosen], expected, self.max_offset)
         return scores
 
     def compute(self) -> dict[str, Tensor]:
-        if not self.update_called:
+        # On the synced states: a rank that scored nothing may join the others' compute.
+        if self._states()[2].numel() == 0:
             raise ValueError("SynthTalkLipSync.compute: no clips were scored; call update first")
         scores = list(self.per_speaker().values())
         measured = self._states()[0]
