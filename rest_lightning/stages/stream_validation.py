@@ -13,6 +13,11 @@ streamed. Per chunk c:
 - ``id_cos``: cosine similarity of the chunk's latent (mean over its frames) to the reference latent, an
   identity proxy that needs no face network.
 
+On a synthetic corpus each stream is also scored by the SynthTalk metrics (``stage.validation.synthtalk``;
+``stages/val_metrics.py``): lip-sync r of the whole stream against its looped audio, pooled per speaker over
+the streamed clips of all ranks, and identity distance to the reference, logged at the epoch's end as
+``val/synthtalk_*``. A frozen copy of the reference scores a perfect identity and r = 0: read them together.
+
 Logged: ``val/stream_<curve>_first`` and ``_last`` (chunk 0 and the last chunk, averaged over clips), the
 whole curves as ``<run_dir>/media/drift_step*.json`` and, under W&B, as line plots; the streamed video
 with its audio as ``<run_dir>/media/stream_step*_<i>.mp4``. Every rank streams (sharded strategies run
@@ -46,6 +51,7 @@ class StreamValidationConfig:
     stream_chunks: int = 50  # design choice: 50 chunks = 16 s at 0.32 s a chunk, >> the training window
     lpips_weights: str | None = None  # torchvision alexnet-owt-7be5be79.pth; None = random trunk (uncalibrated)
     seed: int = 0  # the stream's noise seed (the same every validation: comparable curves)
+    synthtalk: bool = True  # SynthTalk lip-sync / identity of the streams (synthetic corpora only)
 
     def __post_init__(self) -> None:
         if self.stream_clips < 0 or self.stream_chunks < 1:
@@ -95,6 +101,7 @@ def stream_audio(waveform: Tensor, num_chunks: int, samples_per_frame: int, temp
 def validate_streams(stage: Any, model: AudioVideoDenoiser, batch: ClipBatch, cond: ClipConditions) -> dict[str, list[list[float]]]:
     """Stream ``stage.validation_config.stream_clips`` clips of ``batch`` with ``model`` and log drift (module
     doc). Returns the curves ``{name: [per clip: per chunk]}``."""
+    from rest_lightning.stages.val_metrics import synthtalk_rows
     from rest_lightning.streaming.generator import StreamingGenerator
 
     config = stage.validation_config
@@ -107,6 +114,7 @@ def validate_streams(stage: Any, model: AudioVideoDenoiser, batch: ClipBatch, co
     curves: dict[str, list[list[float]]] = {name: [] for name in CURVES}
     videos = []
     rows = [i for i in range(len(batch)) if bool(batch.mask[i])][: config.stream_clips]
+    scorable = set(synthtalk_rows(batch))
     for i in rows:
         ref_image = batch.ref[i : i + 1].to(stage.device)
         audio = stream_audio(
@@ -120,7 +128,10 @@ def validate_streams(stage: Any, model: AudioVideoDenoiser, batch: ClipBatch, co
         per_chunk = [meter.chunk(c, ref_image, cond.ref[i : i + 1]) for c in chunks]
         for name in CURVES:
             curves[name].append([values[name] for values in per_chunk])
-        videos.append((torch.cat([c.frames for c in chunks], dim=2)[0], audio[0]))
+        video = torch.cat([c.frames for c in chunks], dim=2)  # (1, 3, T, H, W), T frames as the audio covers
+        if stage.synthtalk is not None and i in scorable:
+            stage.synthtalk.update(video, audio, ref_image, [batch.speakers[i]])
+        videos.append((video[0], audio[0]))
     if not rows:
         return curves
     size = len(rows)

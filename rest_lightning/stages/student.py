@@ -50,6 +50,7 @@ from torch import Tensor
 
 from rest_lightning.checkpoint import load_user_state, load_weights_into
 from rest_lightning.data.batch import ClipBatch
+from rest_lightning.data.schema import MediaSpec
 from rest_lightning.diffusion.asd import (
     ASD_TARGETS,
     CONTEXT_SOURCES,
@@ -83,6 +84,7 @@ from rest_lightning.stages.ema import EMA
 from rest_lightning.stages.frozen_teacher import FrozenTeacher, FrozenTeacherConfig, select_teacher_weights
 from rest_lightning.stages.optim import DiffusionOptimConfig, build_optimizer
 from rest_lightning.stages.stream_validation import StreamValidationConfig, validate_streams
+from rest_lightning.stages.val_metrics import SynthTalkValidation
 from rest_lightning.streaming.cache import CacheConfig, CacheShape, IDContextCache
 
 log = logging.getLogger(__name__)
@@ -227,6 +229,9 @@ class StudentStage(RestStage):
             )
         self.optim_config = optim if optim is not None else DiffusionOptimConfig()
         self.validation_config = validation if validation is not None else StreamValidationConfig()
+        # SynthTalk of the validation streams (stream_validation.py); plain metric objects, never saved.
+        media = MediaSpec(fps=audio.fps, sample_rate=audio.sample_rate)
+        self.synthtalk = SynthTalkValidation(media) if self.validation_config.synthtalk else None
         window = self.cache_config.window if self.cache_config.use_context_cache else 0
         self.pattern = AttentionPattern.block_causal(window, chunk_frames)
         self.model = AudioVideoDenoiser(build_dit(dit), AudioEncoder(audio))
@@ -519,6 +524,11 @@ class StudentStage(RestStage):
             self.log("val/ode_loss", out.ode, batch_size=size, sync_dist=True)
         if batch_idx == 0 and self.validation_config.stream_clips > 0:
             validate_streams(self, model, batch, cond)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.synthtalk is not None:
+            for key, value in self.synthtalk.compute_and_reset(self.device).items():
+                self.log(key, value)  # already synced across ranks by the metric
 
     def stream_config(self) -> Any:
         from rest_lightning.streaming.generator import StreamConfig

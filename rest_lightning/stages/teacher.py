@@ -20,7 +20,10 @@ have, and validation sees the same noise every epoch (comparable curves).
 Validation: the flow-matching error per noise-level bucket (``val/loss_t0.0`` .. ``val/loss_t0.9``, and
 ``val/loss`` over all), at stratified times so each bucket is visited; and one clip sampled with
 ``EulerSampler`` under CFG from held-out audio and reference, decoded by the frozen VAE and written with
-the clip's audio to ``<run_dir>/media/sample_step*.mp4`` (ground truth | sample), logged to W&B.
+the clip's audio to ``<run_dir>/media/sample_step*.mp4`` (ground truth | sample), logged to W&B. On a
+synthetic corpus the sampled clips are also scored by the SynthTalk metrics (``val/synthtalk_*``,
+``stages/val_metrics.py``): the ``sample_clips`` clips of the first batch, or every clip when FID/FVD/Sync
+are on (they sample the whole validation set).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 from torch import Tensor
 
 from rest_lightning.data.batch import ClipBatch
+from rest_lightning.data.schema import MediaSpec
 from rest_lightning.diffusion.flow import flow_matching_loss, per_frame_mse
 from rest_lightning.diffusion.guidance import ConditionDropout, GuidanceScales
 from rest_lightning.diffusion.losses import (
@@ -139,7 +143,8 @@ class TeacherStage(RestStage):
         # A plain attribute, not a submodule: frozen, never saved, never sharded (conditioning.py).
         self.frozen_vae = FrozenVAE.load(vae, vae_checkpoint)
         # Not submodules either: metric networks are neither trained nor saved (val_metrics.py).
-        self.val_metrics = ValMetrics(metrics if metrics is not None else ValMetricsConfig())
+        self.val_metrics = ValMetrics(metrics if metrics is not None else ValMetricsConfig(),
+                                      MediaSpec(fps=audio.fps, sample_rate=audio.sample_rate))
         # train() seeds before it builds the stage, so this is the run seed, also after a resume.
         self._seed = torch.initial_seed()
 
@@ -217,20 +222,28 @@ class TeacherStage(RestStage):
         self._level_sums += sums
         self._level_counts += counts
         clips = min(self.validation_config.sample_clips, batch_size)
+        sampled = torch.zeros_like(keep)  # rows whose clip is sampled (and decoded into fake)
         if self.val_metrics:
             # Metrics need samples of every validation clip: sample the whole batch, write the first ones.
             sample = self.sample(model, cond, generator)
             real = batch.video.to(sample.device) if batch.video is not None else self.frozen_vae.decode(cond.latents)
             fake = self.frozen_vae.decode(sample)
             self.val_metrics.update(fake[keep], real[keep].float().clamp(-1, 1), cond.waveform[keep])
-            sample = sample[:clips]
+            sampled[:] = True
         elif batch_idx == 0 and clips > 0:
-            sample = self.sample(model, cond.select(slice(0, clips)), generator)
+            fake = self.frozen_vae.decode(self.sample(model, cond.select(slice(0, clips)), generator))
+            sampled[:clips] = True
+        if sampled.any():
+            # SynthTalk scores whatever was sampled: every clip with FID/FVD/Sync on, else the written ones.
+            rows = sampled & keep
+            real = batch.video[rows] if batch.video is not None else None
+            # fake holds the first len(fake) rows of the batch: the sampled ones.
+            self.val_metrics.update_synthtalk(fake[rows[: len(fake)]], batch, rows, cond.waveform, real=real)
         if batch_idx == 0 and clips > 0 and self.trainer.is_global_zero:
-            self._write_sample(batch, cond.select(slice(0, clips)), sample, keep[:clips])
+            self._write_sample(batch, cond.select(slice(0, clips)), fake[:clips], keep[:clips])
 
     def on_validation_epoch_end(self) -> None:
-        for key, value in self.val_metrics.compute_and_reset().items():
+        for key, value in self.val_metrics.compute_and_reset(self.device).items():
             self.log(key, value)  # already synced across ranks by the metric
         sums = self.trainer.strategy.reduce(self._level_sums, reduce_op="sum")
         counts = self.trainer.strategy.reduce(self._level_counts, reduce_op="sum")
@@ -253,22 +266,21 @@ class TeacherStage(RestStage):
         denoise = guided_denoiser(model, cond.audio, cond.ref, self.pattern, self.validation_config.guidance)
         return self.validation_config.sampler.sample(denoise, noise)
 
-    def _write_sample(self, batch: ClipBatch, cond: ClipConditions, sample: Tensor, valid: Tensor) -> None:
-        """(ground truth | sample) mp4s with the clip's audio in <run_dir>/media, logged to W&B."""
+    def _write_sample(self, batch: ClipBatch, cond: ClipConditions, fake: Tensor, valid: Tensor) -> None:
+        """(ground truth | sample) mp4s with the clip's audio in <run_dir>/media, logged to W&B; ``fake``:
+        the decoded samples ``(B, 3, T, H, W)`` of ``cond``'s clips."""
         from rest_lightning.data.codecs import encode_mp4
 
         real = (
-            batch.video[: len(sample)].to(sample.device)
+            batch.video[: len(fake)].to(fake.device)
             if batch.video is not None
             else self.frozen_vae.decode(cond.latents)
         )
-        pair = torch.cat(
-            [real.float().clamp(-1, 1), self.frozen_vae.decode(sample)], dim=-1
-        )  # (B, 3, T, H, 2W)
+        pair = torch.cat([real.float().clamp(-1, 1), fake], dim=-1)  # (B, 3, T, H, 2W)
         media = Path(self.trainer.default_root_dir).parent / "media"
         media.mkdir(parents=True, exist_ok=True)
         logger = self.logger
-        for i in range(len(sample)):
+        for i in range(len(fake)):
             if not valid[i]:
                 continue
             frames = (

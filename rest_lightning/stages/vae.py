@@ -130,7 +130,8 @@ class VAEStage(RestStage):
         self.register_buffer("latent_stats_seen", torch.zeros((), dtype=torch.long))
         # Kept out of the module tree: frozen, not part of the VAE, not worth saving in every checkpoint.
         self._perceptual: list[nn.Module] = []
-        # FID/FVD of reconstructions; metric networks are not submodules either (val_metrics.py).
+        # FID/FVD (and, on a synthetic corpus, SynthTalk) of reconstructions; metric networks are not
+        # submodules either (val_metrics.py).
         self.val_metrics = ValMetrics(metrics if metrics is not None else ValMetricsConfig())
 
     def identity_config(self) -> dict[str, Any]:
@@ -246,11 +247,12 @@ class VAEStage(RestStage):
         self.log("val/lpips", self.perceptual(recon, video), sync_dist=True, batch_size=video.shape[0])
         self.log("val/l1", (recon - video).abs().mean(), sync_dist=True, batch_size=video.shape[0])
         self.val_metrics.update(recon, video)
+        self.val_metrics.update_synthtalk(recon, batch, keep, batch.audio, real=video)
         if batch_idx == 0 and self.trainer.is_global_zero:
             self._write_reconstruction(video[:1], recon[:1])
 
     def on_validation_epoch_end(self) -> None:
-        for key, value in self.val_metrics.compute_and_reset().items():
+        for key, value in self.val_metrics.compute_and_reset(self.device).items():
             self.log(key, value)  # already synced across ranks by the metric
         if self._psnr.update_called:
             self.log("val/psnr", self._psnr.compute(), sync_dist=True)
