@@ -1,4 +1,4 @@
-"""Adversarial loss maths of the VAE stage: hinge losses and the adaptive generator weight.
+"""Loss maths of the VAE stage: the KL term's scale, hinge losses and the adaptive generator weight.
 
 Pure functions of tensors (the stage wires them): taming-transformers' VQGAN recipe, which LTX-Video,
 Open-Sora's video DC-AE and VideoVAEPlus also use (reference/anchors.md §C).
@@ -13,6 +13,19 @@ import torch.nn.functional as F
 # vanishes; the cap stops one bad step from blowing up the generator's GAN term.
 ADAPTIVE_WEIGHT_EPS = 1e-4
 ADAPTIVE_WEIGHT_MAX = 1e4
+
+
+def kl_per_video_value(kl_per_sample: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+    """Scalar KL per video value: ``(B,)`` KL summed over each latent, over ``video`` (B, 3, T, H, W)'s
+    values per sample, averaged over the batch.
+
+    Stable Diffusion's / taming's ``LPIPSWithDiscriminator`` sums the pixel loss over each sample's
+    values and adds ``kl_weight * KL summed over the latent``; this stage averages the pixel loss over
+    the values, so the KL is divided by the same count. Without it the KL weighed ``3*T*H*W`` times more
+    than ``kl_weight`` says (52,224 x at 17x32x32): the posterior noise stayed at 0.3-0.5 of the latent's
+    spread and drowned every detail smaller than the face, such as the mouth.
+    """
+    return kl_per_sample.mean() / video[0].numel()
 
 
 def hinge_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Stage 1: the causal video VAE (DESIGN §4.1).
 
-Losses: L1 + LPIPS (perceptual) + a small KL, and a 3D PatchGAN hinge GAN switched on at
+Losses: L1 + LPIPS (perceptual) + a small KL (weighted against the pixel loss as Stable Diffusion's
+``LPIPSWithDiscriminator`` weighs it, see ``kl_per_video_value``), and a 3D PatchGAN hinge GAN switched on at
 ``loss.disc_start`` with the adaptive generator weight (gradient-norm ratio at the decoder's last
 layer). Two optimizers, so manual optimization: DDP or FSDP, never Lightning's DeepSpeed strategy
 (``num_optimizers = 2``; the config validator refuses it).
@@ -36,6 +37,7 @@ from rest_lightning.models.vae_losses import (
     adaptive_generator_weight,
     hinge_discriminator_loss,
     hinge_generator_loss,
+    kl_per_video_value,
 )
 from rest_lightning.stages.base import RestStage, plain_config
 from rest_lightning.stages.ema import EMA
@@ -50,7 +52,7 @@ LPIPS_RANDOM_BACKBONE_SEED = 0  # design choice: any fixed value; see VAEStage.p
 class VAELossConfig:
     l1_weight: float = 1.0  # design choice (LTX-Video / taming: pixel L1 at weight 1)
     lpips_weight: float = 1.0  # taming-transformers perceptual_weight
-    kl_weight: float = 1e-6  # Stable Diffusion / LTX-Video VAE: a small KL keeps the latent well scaled
+    kl_weight: float = 1e-6  # Stable Diffusion / LTX-Video VAE, relative to the pixel loss summed per sample
     gan_weight: float = 0.5  # taming-transformers disc_weight
     disc_start: int = 50_000  # design choice: GAN only once reconstructions are sharp (taming: 50k)
     adaptive_weight: bool = True  # taming-transformers: scale the GAN term by the gradient-norm ratio
@@ -167,11 +169,15 @@ class VAEStage(RestStage):
         out = self.vae(video, sample_posterior=True)
 
         l1 = (out.video - video).abs().mean()
-        perceptual = self.perceptual(out.video, video)
-        reconstruction = cfg.l1_weight * l1 + cfg.lpips_weight * perceptual
-        kl = out.posterior.kl().mean()
-        loss = reconstruction + cfg.kl_weight * kl
-        logs = {"train/l1": l1, "train/lpips": perceptual, "train/kl": kl}
+        reconstruction = cfg.l1_weight * l1
+        logs = {"train/l1": l1}
+        if cfg.lpips_weight > 0:  # the backbone costs as much as the VAE at small sizes: skip it when unused
+            perceptual = self.perceptual(out.video, video)
+            reconstruction = reconstruction + cfg.lpips_weight * perceptual
+            logs["train/lpips"] = perceptual
+        kl = out.posterior.kl()
+        loss = reconstruction + cfg.kl_weight * kl_per_video_value(kl, video)
+        logs["train/kl"] = kl.mean()  # summed over the latent, as LDM logs it
 
         gan_on = self.gan_active()
         if gan_on:

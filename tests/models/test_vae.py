@@ -40,6 +40,7 @@ from rest_lightning.models.vae_losses import (
     adaptive_generator_weight,
     hinge_discriminator_loss,
     hinge_generator_loss,
+    kl_per_video_value,
 )
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "model" / "vae"
@@ -473,6 +474,18 @@ def test_hinge_losses() -> None:
     assert hinge_discriminator_loss(confident_real, confident_fake) == 0
     torch.testing.assert_close(hinge_discriminator_loss(torch.zeros(4), torch.zeros(4)), torch.tensor(1.0))
     torch.testing.assert_close(hinge_generator_loss(confident_fake), torch.tensor(3.0))
+
+
+def test_kl_weighs_against_the_pixel_loss_as_stable_diffusion_does() -> None:
+    """LDM's loss sum|x - x'| / B + w * sum KL / B is our mean|x - x'| + w * kl_per_video_value, times
+    the values per sample, for every clip size: the KL weight means the same at 32 px as at 512 px."""
+    generator = torch.Generator().manual_seed(0)
+    for shape in [(2, 3, 9, 16, 16), (3, 3, 17, 32, 32)]:
+        video, recon = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+        kl = torch.rand(shape[0], generator=generator) * 1e3
+        ldm = (video - recon).abs().sum() / shape[0] + 1e-6 * kl.sum() / shape[0]
+        ours = (video - recon).abs().mean() + 1e-6 * kl_per_video_value(kl, video)
+        torch.testing.assert_close(ours * video[0].numel(), ldm)
 
 
 def test_adaptive_weight_is_the_gradient_norm_ratio() -> None:
