@@ -210,8 +210,8 @@ def pearson(x: Tensor, y: Tensor) -> float:
 
 @dataclass(frozen=True)
 class LipSyncScore:
-    """Lip-sync of a set of clips: ``r`` at offset 0, the best offset (frames the video lags the audio)
-    and ``r_by_offset`` ``(2 * max_offset + 1,)`` indexed by offset + max_offset."""
+    """Lip-sync of a set of clips: ``r`` at offset 0, the best offset (frames the audio lags the video:
+    a video k frames late scores -k) and ``r_by_offset`` ``(2 * max_offset + 1,)`` indexed by offset + max_offset."""
 
     r: float
     offset: int
