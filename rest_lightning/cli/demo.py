@@ -1,145 +1,133 @@
-"""``rest-demo``: run the pipeline end to end on built-in data, as far as it is built, and print where
-the outputs are. Each step calls the same library function as its own CLI:
+"""``rest-demo``: train the three REST stages on the built-in synthetic corpus and show that they learn.
 
-1. synthetic talking-head corpus (``rest-prep mode=synth``);
-2. prep to WebDataset shards (``rest-prep``), manifest summary printed;
-3. stage 1, the tiny causal VAE (``rest-train experiment=tiny_vae``), with a side-by-side
-   reconstruction video;
-4. stage 2, the tiny teacher on that VAE's latents (``rest-train experiment=tiny_teacher``), with a
-   sampled clip (ground truth | sample, with its audio);
-5. stage 3, the tiny ASD student distilled from that teacher (``rest-train experiment=tiny_student``);
-6. streaming: a 10-second clip from the student through the ID-Context Cache (``rest-generate``);
-7. the engine benchmark (``rest-bench size=tiny``), its table printed;
-8. evaluation of the student on the held-out test split (``rest-eval``, protocol smoke_v1) with
-   random-weight metric networks: every number is labelled uncalibrated. table.md is printed.
+Each step calls the same library function as its own CLI:
+
+1. a synthetic talking-head corpus with ground truth (``rest-prep mode=synth``), enough speakers that the
+   held-out test split has several;
+2. prep to WebDataset shards, split by speaker (``rest-prep``);
+3. stage 1, the causal VAE (``rest-train experiment=synthtalk_vae``);
+4. the VAE's latents added to the shards (``rest-prep mode=encode``): stages 2-3 read them;
+5. stage 2, the audio-to-video teacher (``experiment=synthtalk_teacher``);
+6. stage 3, the ASD student distilled from it, streaming through the ID-Context Cache
+   (``experiment=synthtalk_student``);
+7. SynthTalk on the held-out speakers (``rest-eval protocol=synthtalk_v1``): ground truth, ground truth
+   through the VAE, the teacher on independent clips, the student streamed for ``stream_seconds``. Writes
+   ``table.md`` (printed), ``mouth.png`` (mouth opening over time: the audio's vs each row's) and
+   ``side_by_side.mp4`` (every row for one test speaker, with its audio).
+
+``budget=quick`` (the default, about 10 minutes on 2 cores) runs at 32 px; ``budget=full`` applies the
+``full:`` section of ``conf/demo.yaml`` (more speakers, more steps). ``out_dir`` is the demo's own folder:
+each run starts it afresh (a folder the demo did not make is refused, never deleted).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rest_lightning.cli.common import run_cli
-from rest_lightning.config import compose
+from rest_lightning.config import ConfigError, compose
 
 log = logging.getLogger(__name__)
 
-SUMMARY = "Run the REST pipeline end to end on built-in data on a CPU and print where the outputs are."
+SUMMARY = "Train VAE, teacher and ASD student on the built-in synthetic corpus (CPU) and score them on held-out speakers."
+MARKER = ".rest-demo"  # written into out_dir: only a folder holding it is ever cleared
+BUDGETS = ("quick", "full")
 
 
-def _stream_inputs(folder: Path, raw: Path, cfg: DictConfig) -> tuple[Path, Path]:
-    """A reference face (first frame of the first synthetic video) and cfg.stream_seconds of new speech."""
-    import numpy as np
+def _fresh_out_dir(out: Path) -> None:
+    """Start ``out`` empty: clear it when an earlier demo made it, refuse any other non-empty folder."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).exists():
+            raise ConfigError(f"out_dir={out} is not empty and was not made by rest-demo; give a new folder")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by rest-demo: the next run clears this folder\n")
 
-    from rest_lightning.data.codecs import decode_mp4, encode_png, encode_wav
-    from rest_lightning.data.schema import MediaSpec
-    from rest_lightning.data.synthetic import make_identity, synthesize_speech
 
-    folder.mkdir(parents=True, exist_ok=True)
-    first_video = sorted(raw.rglob("*.mp4"))[0]
-    ref = folder / "ref.png"
-    ref.write_bytes(encode_png(decode_mp4(first_video.read_bytes())[0]))
-    media = MediaSpec()
-    rng = np.random.default_rng([cfg.seed, 10])
-    audio = synthesize_speech(cfg.stream_seconds, media.sample_rate, make_identity(0, cfg.seed).base_f0, rng)
-    speech = folder / "speech.wav"
-    speech.write_bytes(encode_wav(audio, media.sample_rate))
-    return ref, speech
+def _settings(cfg: DictConfig) -> DictConfig:
+    if cfg.budget not in BUDGETS:
+        raise ConfigError(f"budget={cfg.budget!r} is not one of {', '.join(BUDGETS)}")
+    settings = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "full"])
+    return OmegaConf.merge(settings, cfg.full) if cfg.budget == "full" else settings
+
+
+def _train(experiment: str, run_dir: Path, steps: int, seed: int, *overrides: str):
+    from rest_lightning.training import train
+
+    return train(compose("train", [
+        f"experiment={experiment}", f"run_dir={run_dir}", f"seed={seed}", f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={steps}", f"checkpoint.every_n_steps={steps}", *overrides,
+    ]))
 
 
 def _demo(cfg: DictConfig) -> None:
-    from rest_lightning.cli.bench import bench
     from rest_lightning.cli.eval import run as run_eval
-    from rest_lightning.cli.generate import generate, with_size_overrides
     from rest_lightning.cli.prep import run as run_prep_cli
-    from rest_lightning.training import train
 
+    cfg = _settings(cfg)
     out = Path(cfg.out_dir).resolve()
+    _fresh_out_dir(out)
+    raw, shards, latents, runs = out / "raw", out / "shards", out / "latents", out / "runs"
     outputs: dict[str, Path | None] = {}
-    raw, shards = out / "raw", out / "shards"
+    started = time.perf_counter()
+    clip = f"data.cfg.latent_frames={cfg.prep.latent_frames}"
 
-    log.info("[demo 1/8] synthetic talking-head corpus -> %s", raw)
+    log.info("[demo 1/7] synthetic talking-head corpus (%d speakers) -> %s", cfg.synth.n_speakers, raw)
     run_prep_cli(compose("prep", [
-        "mode=synth", f"output={raw}", f"synth.seed={cfg.seed}",
-        *(f"synth.{k}={v}" for k, v in cfg.synth.items()),
+        "mode=synth", f"output={raw}", f"synth.seed={cfg.seed}", *(f"synth.{k}={v}" for k, v in cfg.synth.items()),
     ]))
-    outputs["synthetic videos"] = raw
 
-    log.info("[demo 2/8] rest-prep -> %s", shards)
+    log.info("[demo 2/7] rest-prep -> %s", shards)
     run_prep_cli(compose("prep", [
         f"input={raw}", f"output={shards}", f"prep.seed={cfg.seed}", "prep.progress=false",
         *(f"prep.{k}={v}" for k, v in cfg.prep.items()),
     ]))
-    outputs["shards"] = shards
-    outputs["manifest"] = shards / "manifest.json"
+    outputs["shards (manifest.json)"] = shards
 
-    log.info("[demo 3/8] stage 1: tiny causal VAE")
-    vae = train(compose("train", [
-        "experiment=tiny_vae", f"data.cfg.root={shards}", f"data.cfg.latent_frames={cfg.prep.latent_frames}",
-        f"run_dir={out / 'runs' / 'tiny_vae'}", "resume=never", f"seed={cfg.seed}",
-        f"trainer.max_steps={cfg.vae_steps}", f"trainer.val_check_interval={cfg.vae_steps}",
-        f"checkpoint.every_n_steps={cfg.vae_steps}", f"stage.loss.disc_start={cfg.vae_steps // 2}",
-    ]))
-    outputs["VAE run"] = vae.run_dir
+    log.info("[demo 3/7] stage 1: the causal VAE, %d steps", cfg.vae_steps)
+    vae = _train("synthtalk_vae", runs / "vae", cfg.vae_steps, cfg.seed, f"data.cfg.root={shards}", clip)
     outputs["VAE checkpoint"] = vae.last_checkpoint
-    videos = sorted((vae.run_dir / "media").glob("reconstruction_step*.mp4"))
-    outputs["VAE reconstruction"] = videos[-1] if videos else None
 
-    log.info("[demo 4/8] stage 2: tiny teacher on the VAE's latents")
-    teacher = train(compose("train", [
-        "experiment=tiny_teacher", f"data.cfg.root={shards}", f"data.cfg.latent_frames={cfg.prep.latent_frames}",
-        f"stage.vae_checkpoint={vae.last_checkpoint}", f"run_dir={out / 'runs' / 'tiny_teacher'}", "resume=never",
-        f"seed={cfg.seed}", f"trainer.max_steps={cfg.teacher_steps}",
-        f"trainer.val_check_interval={cfg.teacher_steps}", f"checkpoint.every_n_steps={cfg.teacher_steps}",
+    log.info("[demo 4/7] the VAE's latents -> %s", latents)
+    run_prep_cli(compose("prep", [
+        "mode=encode", f"input={shards}", f"output={latents}", f"encode.vae={vae.last_checkpoint}",
+        "encode.progress=false",
     ]))
-    outputs["teacher run"] = teacher.run_dir
+
+    log.info("[demo 5/7] stage 2: the audio-to-video teacher, %d steps", cfg.teacher_steps)
+    teacher = _train("synthtalk_teacher", runs / "teacher", cfg.teacher_steps, cfg.seed, f"data.cfg.root={latents}",
+                     clip, f"stage.vae_checkpoint={vae.last_checkpoint}")
     outputs["teacher checkpoint"] = teacher.last_checkpoint
-    samples = sorted((teacher.run_dir / "media").glob("sample_step*.mp4"))
-    outputs["teacher sample"] = samples[-1] if samples else None
 
-    log.info("[demo 5/8] stage 3: tiny ASD student distilled from the teacher")
-    student = train(compose("train", [
-        "experiment=tiny_student", f"data.cfg.root={shards}", f"data.cfg.latent_frames={cfg.prep.latent_frames}",
-        f"init_from={teacher.last_checkpoint}", f"stage.vae_checkpoint={vae.last_checkpoint}",
-        "stage.random_teacher_ok=false", f"run_dir={out / 'runs' / 'tiny_student'}", "resume=never",
-        f"seed={cfg.seed}", f"trainer.max_steps={cfg.student_steps}",
-        f"trainer.val_check_interval={cfg.student_steps}", f"checkpoint.every_n_steps={cfg.student_steps}",
-    ]))
-    outputs["student run"] = student.run_dir
+    log.info("[demo 6/7] stage 3: the ASD student (ID-Context Cache), %d steps", cfg.student_steps)
+    student = _train("synthtalk_student", runs / "student", cfg.student_steps, cfg.seed, f"data.cfg.root={latents}",
+                     clip, f"init_from={teacher.last_checkpoint}", f"stage.vae_checkpoint={vae.last_checkpoint}")
     outputs["student checkpoint"] = student.last_checkpoint
-    window = compose("train", ["experiment=tiny_student", "data.cfg.root=x"]).stage.cache.window
-    stream = [f"stream.window={window}", f"resolution={cfg.prep.size}"]
 
-    log.info("[demo 6/8] streaming %.0f s from the student (ID-Context Cache, W=%d)", cfg.stream_seconds, window)
-    ref, speech = _stream_inputs(out / "stream", raw, cfg)
-    outputs["streamed video"] = generate(compose("generate", with_size_overrides([
-        f"ckpt={student.last_checkpoint}", f"vae_ckpt={vae.last_checkpoint}", f"ref={ref}", f"audio={speech}",
-        f"out={out / 'stream' / 'student_stream.mp4'}", "ref_detector=haar", *stream,
-    ])))
-
-    log.info("[demo 7/8] rest-bench: the tiny engine, %d chunks", cfg.bench_chunks)
-    bench_json = out / "bench_tiny.json"
-    bench(compose("bench", with_size_overrides([f"chunks={cfg.bench_chunks}", f"out={bench_json}", *stream])))
-    outputs["bench report"] = bench_json
-
-    log.info("[demo 8/8] rest-eval: the student on the held-out test split (random-weight metrics)")
+    log.info("[demo 7/7] SynthTalk on the held-out speakers: %.0f s streams", cfg.stream_seconds)
+    evaluation = out / "synthtalk"
     run_eval(compose("eval", [
-        f"testset={shards}", "protocol=smoke_v1", f"out={out / 'eval'}", f"max_items={cfg.eval_items}",
-        f"ckpts={{student: '{student.last_checkpoint}'}}", f"vae_ckpt={vae.last_checkpoint}",
-        f"bench={{student: '{bench_json}'}}", "generate=[" + ",".join(f"'{o}'" for o in stream) + "]",
-        "eval.networks=tiny", "eval.allow_random_weights=true", "bootstrap.samples=200", "bootstrap.frechet_samples=20",
+        f"testset={shards}", "protocol=synthtalk_v1", f"out={evaluation}", f"vae_ckpt={vae.last_checkpoint}",
+        f"ckpts={{teacher: '{teacher.last_checkpoint}', student: '{student.last_checkpoint}'}}",
+        f"synthtalk.stream_seconds={cfg.stream_seconds}", f"synthtalk.seed={cfg.seed}",
+        f"synthtalk.latent_frames={cfg.prep.latent_frames}", f"synthtalk.teacher_steps={cfg.eval_teacher_steps}",
     ]))
-    table = out / "eval" / "table.md"
-    outputs["evaluation table"] = table
-    print("\n" + table.read_text())
+    outputs["SynthTalk table"] = evaluation / "table.md"
+    outputs["mouth opening plot"] = evaluation / "mouth.png"
+    outputs["side-by-side video"] = evaluation / "side_by_side.mp4"
+    outputs["per-speaker scores"] = evaluation / "scores.json"
 
-    print("\nrest-demo finished. Outputs:")
+    print("\n" + (evaluation / "table.md").read_text())
+    print(f"rest-demo finished in {(time.perf_counter() - started) / 60:.1f} min. Outputs:")
     for name, path in outputs.items():
-        print(f"  {name:<20} {path}")
+        print(f"  {name:<24} {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
