@@ -16,10 +16,10 @@ from eval.synthtalk import (
     bootstrap,
     calibrate,
     evaluate,
+    held_out_speakers,
     read_split,
     score,
     summarise,
-    held_out_speakers,
     truth_row,
 )
 from rest_lightning.cli.eval import main as eval_main
@@ -28,8 +28,8 @@ from rest_lightning.data.codecs import decode_mp4
 from rest_lightning.models.audio import AudioEncoder
 from rest_lightning.models.dit import DiT
 from rest_lightning.models.vae import CausalVideoVAE
-from rest_lightning.stages.conditioning import diffusion_identity_config
 from rest_lightning.stages.base import plain_config
+from rest_lightning.stages.conditioning import diffusion_identity_config
 from rest_lightning.stored_models import StoredModelError, load_denoiser, load_vae, stream_config
 
 WINDOW = 1
