@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import shutil
 import secrets
 import subprocess
 from dataclasses import dataclass
@@ -82,9 +83,12 @@ class RunDir:
         :func:`_atomic_write_text`); returns them. Call on rank 0 before training starts, when no save of
         this run can be in flight."""
         stale = [p for folder in (self.path, self.checkpoints) if folder.is_dir()
-                 for p in folder.glob(".*" + TEMP_MARK + "*") if p.is_file()]
+                 for p in folder.glob(".*" + TEMP_MARK + "*")]
         for p in stale:
-            p.unlink(missing_ok=True)
+            if p.is_dir():  # a DeepSpeed ZeRO save (launch/strategies.py: AtomicDeepSpeedStrategy)
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
             log.info("removed %s, left by an interrupted save", p)
         return stale
 

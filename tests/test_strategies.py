@@ -22,7 +22,7 @@ from rest_lightning.checkpoint import (
 )
 from rest_lightning.config import ConfigError, compose, validate_train_config
 from rest_lightning.export import checkpoint_info, export_checkpoint
-from rest_lightning.launch.strategies import CPUDeepSpeedStrategy, build_strategy
+from rest_lightning.launch.strategies import AtomicDeepSpeedStrategy, CPUDeepSpeedStrategy, build_strategy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,7 +51,52 @@ def test_deepspeed_on_cpu_uses_the_test_path_and_gpu_lightnings_own():
     assert cpu.config["zero_optimization"]["stage"] == 2
     assert cpu.config["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     gpu = build_strategy(cfg, accelerator="gpu")
-    assert type(gpu) is DeepSpeedStrategy, "the GPU path is Lightning's own strategy, not the CPU shim"
+    assert type(gpu) is AtomicDeepSpeedStrategy, "the GPU path is Lightning's own strategy, not the CPU shim"
+    assert isinstance(gpu, DeepSpeedStrategy)
+
+
+class _FakeEngine:
+    """Writes a ZeRO-like folder file by file, as DeepSpeed does; can die after the first file."""
+
+    def __init__(self, die: bool = False) -> None:
+        self.die = die
+
+    def save_checkpoint(self, path, client_state, tag, exclude_frozen_parameters) -> None:
+        folder = Path(path) / tag
+        folder.mkdir(parents=True)
+        (folder / "mp_rank_00_model_states.pt").write_bytes(b"model " + str(client_state["step"]).encode())
+        if self.die:
+            raise KeyboardInterrupt("killed mid-save")
+        (folder / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"optim")
+        (Path(path) / "latest").write_text(tag)
+
+
+def test_zero_saves_appear_complete_or_not_at_all(tmp_path):
+    """A ZeRO save killed mid-write leaves the previous checkpoint whole and only a temporary folder, which
+    the next launch deletes; a completed save replaces the old folder."""
+    from rest_lightning.run_dir import RunDir
+
+    strategy = AtomicDeepSpeedStrategy(stage=2)
+    checkpoints = tmp_path / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    strategy.model = _FakeEngine()
+    strategy.save_checkpoint({"step": 1}, last)
+    assert (last / "latest").read_text() == "checkpoint"
+    assert (last / "checkpoint" / "mp_rank_00_model_states.pt").read_bytes() == b"model 1"
+
+    strategy.model = _FakeEngine(die=True)
+    with pytest.raises(KeyboardInterrupt):
+        strategy.save_checkpoint({"step": 2}, last)
+    assert (last / "checkpoint" / "mp_rank_00_model_states.pt").read_bytes() == b"model 1", "old save intact"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [f".last.ckpt.tmp-{os.getpid()}", "last.ckpt"]
+    removed = RunDir(tmp_path).remove_stale_temp_files()
+    assert [p.name for p in removed] == [f".last.ckpt.tmp-{os.getpid()}"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"]
+
+    strategy.model = _FakeEngine()
+    strategy.save_checkpoint({"step": 3}, last)
+    assert (last / "checkpoint" / "mp_rank_00_model_states.pt").read_bytes() == b"model 3"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"], "no old or temporary folder left"
 
 
 @pytest.mark.parametrize("strategy", ["deepspeed_zero2", "deepspeed_zero3"])

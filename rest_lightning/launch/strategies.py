@@ -9,16 +9,60 @@ only when ``trainer.accelerator=cpu`` and is not meant for speed.
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 from omegaconf import DictConfig
 
+from rest_lightning.run_dir import TEMP_MARK
+
+log = logging.getLogger(__name__)
+
 STRATEGY_NAMES = ("auto", "ddp", "ddp_spawn", "deepspeed", "fsdp")
 
 
-class CPUDeepSpeedStrategy(DeepSpeedStrategy):
+def swap_in_directory(new: Path, final: Path) -> None:
+    """Make the complete folder ``new`` be ``final``: rename any old ``final`` aside, rename ``new`` in,
+    delete the old one. A crash leaves either the old complete folder, or (between the two renames) no
+    ``final`` and the old one under a temporary name that the next launch deletes; never a half-written
+    ``final``. Both must be on one filesystem (they are siblings)."""
+    old = final.with_name(f".{final.name}.old{TEMP_MARK}{os.getpid()}")
+    if final.exists():
+        os.rename(final, old)
+    os.rename(new, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
+    """Lightning's ``DeepSpeedStrategy`` whose ZeRO checkpoints appear complete or not at all.
+
+    DeepSpeed writes a checkpoint folder file by file from every rank, so a job killed mid-save left a
+    ``last.ckpt/`` that ``resume=auto`` would try to load. Here every rank saves into a temporary sibling
+    ``.NAME.tmp-PID`` (rank 0's PID), and once all ranks are done rank 0 renames it into place
+    (:func:`swap_in_directory`); a killed save leaves only the temporary folder, which the next launch
+    deletes (``RunDir.remove_stale_temp_files``).
+    """
+
+    def save_checkpoint(self, checkpoint: dict, filepath: Any, storage_options: Any = None) -> None:
+        final = Path(self.broadcast(str(filepath)))
+        tmp = final.with_name(f".{final.name}{TEMP_MARK}{self.broadcast(os.getpid())}")
+        if self.is_global_zero and tmp.exists():
+            shutil.rmtree(tmp)
+        self.barrier("atomic_zero_save_start")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier("atomic_zero_save_written")
+        if self.is_global_zero:
+            swap_in_directory(tmp, final)
+        self.barrier("atomic_zero_save_done")
+
+
+class CPUDeepSpeedStrategy(AtomicDeepSpeedStrategy):
     """CPU TEST PATH: Lightning's ``DeepSpeedStrategy`` on CPU processes (gloo), for tests and laptops.
 
     Three overrides, nothing else (see ../shared/reference/environment.md, "DeepSpeed on CPU"):
@@ -68,7 +112,7 @@ def build_strategy(cfg: DictConfig, stage_has_unused_parameters: bool = False, a
     if name == "ddp_spawn":
         return DDPStrategy(start_method="spawn", find_unused_parameters=find_unused)
     if name == "deepspeed":
-        cls = CPUDeepSpeedStrategy if accelerator == "cpu" else DeepSpeedStrategy
+        cls = CPUDeepSpeedStrategy if accelerator == "cpu" else AtomicDeepSpeedStrategy
         kwargs: dict[str, Any] = {}
         if accelerator == "cpu":
             # Offloading to the CPU from the CPU moves nothing; DeepSpeed would still insist on its
