@@ -28,6 +28,19 @@ def kl_per_video_value(kl_per_sample: torch.Tensor, video: torch.Tensor) -> torc
     return kl_per_sample.mean() / video[0].numel()
 
 
+def motion_weights(video: torch.Tensor, strength: float) -> torch.Tensor:
+    """Per-pixel L1 weights ``(B, 1, T, H, W)`` for ``video`` (B, 3, T, H, W): ``1 + strength * mean_c |x -
+    mean_t x|``, divided by their mean over the batch so the loss keeps its scale.
+
+    Pixels that change within the clip (a talking mouth, blinks) weigh more than the static face and
+    background, which dominate an unweighted L1. Measured on the SynthTalk corpus at 32 px (standalone
+    trainer, 2500 steps, held-out speakers): strength 20 with tight crops gave mouth lip-sync r 0.56 where
+    strength 0 gave 0.18 (and -0.07 with the default crop); docs/synthtalk.md.
+    """
+    weights = 1.0 + strength * (video - video.mean(dim=2, keepdim=True)).abs().mean(dim=1, keepdim=True)
+    return weights / weights.mean()
+
+
 def hinge_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
     """Scalar 0.5 * (E[relu(1 - D(real))] + E[relu(1 + D(fake))]); logits of any (equal or not) shapes."""
     return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())

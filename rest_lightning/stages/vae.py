@@ -38,6 +38,7 @@ from rest_lightning.models.vae_losses import (
     hinge_discriminator_loss,
     hinge_generator_loss,
     kl_per_video_value,
+    motion_weights,
 )
 from rest_lightning.stages.base import RestStage, plain_config
 from rest_lightning.stages.ema import EMA
@@ -53,6 +54,9 @@ class VAELossConfig:
     l1_weight: float = 1.0  # design choice (LTX-Video / taming: pixel L1 at weight 1)
     lpips_weight: float = 1.0  # taming-transformers perceptual_weight
     kl_weight: float = 1e-6  # Stable Diffusion / LTX-Video VAE, relative to the pixel loss summed per sample
+    # L1 weight 1 + motion_weight * |x - mean_t x| (vae_losses.motion_weights): 0 = plain L1 (LTX-Video);
+    # the SynthTalk recipe uses 20 so the small, moving mouth is learned (docs/synthtalk.md)
+    motion_weight: float = 0.0
     gan_weight: float = 0.5  # taming-transformers disc_weight
     disc_start: int = 50_000  # design choice: GAN only once reconstructions are sharp (taming: 50k)
     adaptive_weight: bool = True  # taming-transformers: scale the GAN term by the gradient-norm ratio
@@ -64,7 +68,7 @@ class VAELossConfig:
     lpips_frames: int = 4  # frames per clip (evenly spaced) that LPIPS sees: it is per image and costly
 
     def __post_init__(self) -> None:
-        for name in ("l1_weight", "lpips_weight", "kl_weight", "gan_weight"):
+        for name in ("l1_weight", "lpips_weight", "kl_weight", "gan_weight", "motion_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"stage.loss.{name}={getattr(self, name)} must be >= 0")
         if self.disc_start < 0:
@@ -168,9 +172,13 @@ class VAEStage(RestStage):
         video = batch.video
         out = self.vae(video, sample_posterior=True)
 
-        l1 = (out.video - video).abs().mean()
+        error = (out.video - video).abs()
+        l1 = error.mean()
+        logs = {"train/l1": l1}  # unweighted, comparable across motion_weight settings
+        if cfg.motion_weight > 0:
+            l1 = (error * motion_weights(video, cfg.motion_weight)).mean()
+            logs["train/l1_motion_weighted"] = l1
         reconstruction = cfg.l1_weight * l1
-        logs = {"train/l1": l1}
         if cfg.lpips_weight > 0:  # the backbone costs as much as the VAE at small sizes: skip it when unused
             perceptual = self.perceptual(out.video, video)
             reconstruction = reconstruction + cfg.lpips_weight * perceptual

@@ -41,6 +41,7 @@ from rest_lightning.models.vae_losses import (
     hinge_discriminator_loss,
     hinge_generator_loss,
     kl_per_video_value,
+    motion_weights,
 )
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "model" / "vae"
@@ -486,6 +487,16 @@ def test_kl_weighs_against_the_pixel_loss_as_stable_diffusion_does() -> None:
         ldm = (video - recon).abs().sum() / shape[0] + 1e-6 * kl.sum() / shape[0]
         ours = (video - recon).abs().mean() + 1e-6 * kl_per_video_value(kl, video)
         torch.testing.assert_close(ours * video[0].numel(), ldm)
+
+
+def test_motion_weights_favour_pixels_that_change_and_keep_the_loss_scale() -> None:
+    video = torch.zeros(2, 3, 9, 8, 8)
+    video[:, :, ::2, 2:4, 2:4] = 1.0  # a blinking patch; everything else static
+    weights = motion_weights(video, 20.0)
+    assert weights.shape == (2, 1, 9, 8, 8)
+    torch.testing.assert_close(weights.mean(), torch.tensor(1.0))
+    assert weights[:, :, :, 2:4, 2:4].min() > 5 * weights[:, :, :, 5:, 5:].max()
+    torch.testing.assert_close(motion_weights(torch.rand(1, 3, 5, 4, 4), 0.0), torch.ones(1, 1, 5, 4, 4))
 
 
 def test_adaptive_weight_is_the_gradient_norm_ratio() -> None:
