@@ -22,8 +22,8 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import shutil
 import secrets
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
