@@ -57,6 +57,9 @@ DRIFT_SLACK = 0.05  # ... + 0.05 x the median different-speaker distance
 UINT8_MAX = 255.0
 
 
+FITTED_MARGIN = 0.25  # the rest-prep crop margin the mouth geometry was first fitted on
+
+
 @dataclass(frozen=True)
 class MouthMeasureConfig:
     """Where ``measure_mouth`` looks, as fractions of the frame side (design choices, checked on the
@@ -75,6 +78,22 @@ class MouthMeasureConfig:
     noise_floor: float = 0.1  # lip weights below this are codec chroma noise, not lips
     closing: float = 0.25  # closing kernel / frame side: fills the mouth inside the skin mask
     erosion: float = 0.05  # erosion kernel / frame side: drops the face outline's mixed pixels
+
+    @classmethod
+    def for_crop_margin(cls, margin: float) -> MouthMeasureConfig:
+        """The geometry fitted on crops of ``prep.margin`` 0.25, scaled about the centre to a crop of
+        ``margin`` (the face spans ``1 / (1 + 2 margin)`` of the frame); the skin box stays put. Sharper
+        than the default for one known margin: at 64 px and margin 0.25 one of 6 speakers reads
+        ground-truth r 0.94 with the default geometry and 0.95+ with this one."""
+        if not 0.0 <= margin <= 1.0:
+            raise ValueError(f"crop margin {margin} must be in [0, 1]")
+        scale = (1.0 + 2.0 * FITTED_MARGIN) / (1.0 + 2.0 * margin)
+
+        def box(y0: float, y1: float, x0: float, x1: float) -> tuple[float, float, float, float]:
+            return tuple(min(1.0, max(0.0, 0.5 + (v - 0.5) * scale)) for v in (y0, y1, x0, x1))
+
+        return cls(search_box=box(0.5, 0.82, 0.3, 0.7), window=(0.09 * scale, 0.14 * scale),
+                   closing=0.2 * scale, erosion=0.04 * scale)
 
 
 def _unit_to_rgb(video: Tensor) -> np.ndarray:
