@@ -9,7 +9,6 @@ only when ``trainer.accelerator=cpu`` and is not meant for speed.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -20,8 +19,6 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 from omegaconf import DictConfig
 
 from rest_lightning.run_dir import TEMP_MARK
-
-log = logging.getLogger(__name__)
 
 STRATEGY_NAMES = ("auto", "ddp", "ddp_spawn", "deepspeed", "fsdp")
 

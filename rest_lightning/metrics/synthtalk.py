@@ -58,6 +58,21 @@ UINT8_MAX = 255.0
 
 
 FITTED_MARGIN = 0.25  # the rest-prep crop margin the mouth geometry was first fitted on
+DEFAULT_GEOMETRY_SCALE = 1.25  # the default geometry: the fitted one scaled to cover margins 0 to 0.25
+
+
+def _mouth_geometry(scale: float) -> dict[str, Any]:
+    """The mouth geometry fitted on margin-0.25 crops, scaled by ``scale`` about the frame centre (rounded
+    to 1e-6, so that a fraction x frame side lands on the pixel a written-out value would)."""
+
+    def scaled(*values: float, about: float = 0.0) -> tuple[float, ...]:
+        return tuple(round(min(1.0, max(0.0, about + (v - about) * scale)), 6) for v in values)
+
+    return {"search_box": scaled(0.5, 0.82, 0.3, 0.7, about=0.5), "window": scaled(0.09, 0.14),
+            "closing": scaled(0.2)[0], "erosion": scaled(0.04)[0]}
+
+
+_DEFAULT_GEOMETRY = _mouth_geometry(DEFAULT_GEOMETRY_SCALE)
 
 
 @dataclass(frozen=True)
@@ -71,13 +86,13 @@ class MouthMeasureConfig:
     (0.18 unscaled)."""
 
     skin_box: tuple[float, float, float, float] = (0.3, 0.8, 0.3, 0.7)  # y0, y1, x0, x1: mostly skin (face centre)
-    search_box: tuple[float, float, float, float] = (0.5, 0.9, 0.25, 0.75)  # where the mouth may be
-    window: tuple[float, float] = (0.1125, 0.175)  # mean-shift half-height / half-width around the mouth
+    search_box: tuple[float, float, float, float] = _DEFAULT_GEOMETRY["search_box"]  # where the mouth may be
+    window: tuple[float, float] = _DEFAULT_GEOMETRY["window"]  # mean-shift half-height / half-width at the mouth
     mean_shift_steps: int = 3  # design choice: converges in 2 on the corpus
     skin_tolerance: float = 0.12  # |G/R / skin G/R - 1| below this is skin (lips sit at 0.4 below)
     noise_floor: float = 0.1  # lip weights below this are codec chroma noise, not lips
-    closing: float = 0.25  # closing kernel / frame side: fills the mouth inside the skin mask
-    erosion: float = 0.05  # erosion kernel / frame side: drops the face outline's mixed pixels
+    closing: float = _DEFAULT_GEOMETRY["closing"]  # closing kernel / frame side: fills the mouth in the skin mask
+    erosion: float = _DEFAULT_GEOMETRY["erosion"]  # erosion kernel / frame side: drops the outline's mixed pixels
 
     @classmethod
     def for_crop_margin(cls, margin: float) -> MouthMeasureConfig:
@@ -87,13 +102,7 @@ class MouthMeasureConfig:
         ground-truth r 0.94 with the default geometry and 0.95+ with this one."""
         if not 0.0 <= margin <= 1.0:
             raise ValueError(f"crop margin {margin} must be in [0, 1]")
-        scale = (1.0 + 2.0 * FITTED_MARGIN) / (1.0 + 2.0 * margin)
-
-        def box(y0: float, y1: float, x0: float, x1: float) -> tuple[float, float, float, float]:
-            return tuple(min(1.0, max(0.0, 0.5 + (v - 0.5) * scale)) for v in (y0, y1, x0, x1))
-
-        return cls(search_box=box(0.5, 0.82, 0.3, 0.7), window=(0.09 * scale, 0.14 * scale),
-                   closing=0.2 * scale, erosion=0.04 * scale)
+        return cls(**_mouth_geometry((1.0 + 2.0 * FITTED_MARGIN) / (1.0 + 2.0 * margin)))
 
 
 def _unit_to_rgb(video: Tensor) -> np.ndarray:
