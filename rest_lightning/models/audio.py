@@ -299,7 +299,13 @@ class Wav2Vec2Backbone(nn.Module):
 
 class AudioProjector(nn.Module):
     """Features of a window ``(N, T', C)`` -> ``(N, n_audio_tokens, token_dim)``: average-pool time into
-    ``n_audio_tokens`` bins, then ``linear_1`` -> GELU -> ``linear_2`` (the SpeechAE role)."""
+    ``n_audio_tokens`` bins, ``linear_1`` -> GELU -> ``linear_2`` (the SpeechAE role), plus a learned
+    embedding of each token's place in the window.
+
+    The place embedding is what tells the DiT *when* a token's sound happens: its cross-attention treats a
+    latent frame's tokens as a set, so without it the 8 video frames a latent frame covers could only see
+    the window's sound as an unordered bag, never which frame it belongs to (issue 12: the SynthTalk
+    teacher's mouth did not follow the audio frame by frame)."""
 
     def __init__(self, feature_dim: int, n_audio_tokens: int, token_dim: int) -> None:
         super().__init__()
@@ -307,10 +313,12 @@ class AudioProjector(nn.Module):
         self.linear_1 = nn.Linear(feature_dim, token_dim)
         self.act = nn.GELU()
         self.linear_2 = nn.Linear(token_dim, token_dim)
+        # The scale of the null-token embedding in the DiT: distinct places from the first step.
+        self.place = nn.Parameter(torch.randn(n_audio_tokens, token_dim) / token_dim**0.5)
 
     def forward(self, features: Tensor) -> Tensor:
         pooled = F.adaptive_avg_pool1d(features.transpose(1, 2), self.n_audio_tokens).transpose(1, 2)
-        return self.linear_2(self.act(self.linear_1(pooled)))
+        return self.linear_2(self.act(self.linear_1(pooled))) + self.place.to(pooled.dtype)
 
 
 class AudioEncoder(nn.Module):

@@ -178,3 +178,29 @@ def test_missing_backbone_files_are_named(tmp_path: Path) -> None:
         AudioEncoder(tiny_config(backend="whisper", pretrained=str(tmp_path)))
     with pytest.raises(FileNotFoundError, match="config.json"):
         AudioEncoder(tiny_config(backend="wav2vec2", pretrained=str(tmp_path / "absent")))
+
+
+def test_tokens_tell_the_dit_where_in_the_window_each_sound_is() -> None:
+    """The DiT's audio cross-attention reads a latent frame's tokens as a set, so the order of sounds in a
+    window reaches it only through the projector's place embedding (issue 12). Reversing time in the
+    features reverses the pooled bins exactly (4 bins of 10 frames): without places the DiT would see
+    the same set of tokens, and the mouth could not follow the sound frame by frame."""
+    from rest_lightning.models.dit import DiT, DiTConfig
+
+    torch.manual_seed(0)
+    encoder = AudioEncoder(tiny_config(n_audio_tokens=4, token_dim=16))
+    dit = DiT(DiTConfig(latent_channels=8, width=32, num_layers=1, num_heads=2, audio_dim=16)).eval()
+    features = torch.randn(2, 40, encoder.backbone.feature_dim)
+    reversed_in_time = features.flip(1)
+    queries = torch.randn(2, 1, 12, 32)  # (B, frames, tokens of the frame, width)
+
+    def cross_attention(tokens: torch.Tensor) -> torch.Tensor:
+        return dit.transformer_blocks[0].attn2(queries, dit.audio_projection(tokens)[:, None])
+
+    with torch.no_grad():
+        tokens = encoder.projector(features)
+        order_blind = (cross_attention(tokens) - cross_attention(tokens.flip(1))).abs().max()
+        gap = (cross_attention(tokens) - cross_attention(encoder.projector(reversed_in_time))).abs().max()
+    assert order_blind < 1e-6, "a set: reordering the tokens leaves the cross-attention as it was (float32)"
+    # Small at initialisation (near-uniform attention averages the places away), but not rounding.
+    assert gap > 100 * 1e-6, f"reversing the sounds in time moved the DiT's cross-attention by only {gap:.2e}"
