@@ -283,12 +283,39 @@ COLUMNS = (  # (key, header, digits)
 )
 
 
-def summarise(scores: dict[str, list[SpeakerScores]]) -> dict[str, dict[str, Estimate]]:
+def score_table(scores: dict[str, list[SpeakerScores]]) -> dict[str, list[dict[str, float]]]:
+    """Per row, one ``{column: value}`` per speaker (what ``scores.json`` holds)."""
+    return {row: [{k: float(getattr(s, k)) for k, _, _ in COLUMNS} for s in values] for row, values in scores.items()}
+
+
+def summarise(scores: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, Estimate]]:
     """Per row and column: mean over speakers (over seeds too, when lists are pooled) with its interval."""
     return {
-        row: {key: bootstrap([float(getattr(s, key)) for s in per_speaker]) for key, _, _ in COLUMNS}
+        row: {key: bootstrap([float(s[key]) for s in per_speaker]) for key, _, _ in COLUMNS}
         for row, per_speaker in scores.items()
     }
+
+
+def pool_seeds(per_seed: dict[int, dict[str, list[dict[str, float]]]]) -> dict[str, list[dict[str, float]]]:
+    """Every seed's per-speaker scores of a row in one list (rows missing from a seed are refused)."""
+    rows = list(next(iter(per_seed.values())))
+    for seed, table in per_seed.items():
+        if list(table) != rows:
+            raise ValueError(f"seed {seed} has rows {list(table)}, expected {rows}")
+    return {row: [s for table in per_seed.values() for s in table[row]] for row in rows}
+
+
+def seed_table_markdown(per_seed: dict[int, dict[str, list[dict[str, float]]]], key: str = "sync_r") -> str:
+    """One column per seed (the mean over its speakers), then the mean and standard deviation over seeds."""
+    header = dict((k, h) for k, h, _ in COLUMNS)[key]
+    seeds = list(per_seed)
+    lines = [f"| row | {' | '.join(f'seed {s}' for s in seeds)} | mean over seeds | std over seeds |",
+             "|" + "---|" * (len(seeds) + 3)]
+    for row in next(iter(per_seed.values())):
+        means = np.array([np.mean([s[key] for s in per_seed[seed][row]]) for seed in seeds])
+        cells = " | ".join(f"{m:.2f}" for m in means)
+        lines.append(f"| {row} | {cells} | {means.mean():.2f} | {means.std(ddof=1) if len(seeds) > 1 else 0:.2f} |")
+    return f"{header} per seed (mean over test speakers):\n\n" + "\n".join(lines) + "\n"
 
 
 def table_markdown(summary: dict[str, dict[str, Estimate]], calibration: dict[str, float], note: str) -> str:
@@ -421,7 +448,8 @@ def run(cfg: Any) -> dict[str, dict[str, Estimate]]:
         else:
             rows[f"{name} (streamed)"] = stream_row(model, vae, settings.seed)
     scores, videos = evaluate(rows, speakers, calibration, truth_rows)
-    summary = summarise(scores)
+    per_speaker = score_table(scores)
+    summary = summarise(per_speaker)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     note = (f"{len(speakers)} held-out test speakers, {settings.stream_seconds:.0f} s of new speech each; "
@@ -431,7 +459,6 @@ def run(cfg: Any) -> dict[str, dict[str, Estimate]]:
         "protocol": PROTOCOL, "settings": vars(settings), "speakers": [s.name for s in speakers],
         "ckpts": dict(cfg.ckpts or {}), "vae_ckpt": str(cfg.vae_ckpt), "testset": str(cfg.testset),
     })
-    per_speaker = {row: [{k: getattr(s, k) for k, _, _ in COLUMNS} for s in values] for row, values in scores.items()}
     (out / "scores.json").write_text(json.dumps({"speakers": [s.name for s in speakers], "rows": per_speaker},
                                                 indent=1, default=float) + "\n")
     first = speakers[0]

@@ -43,3 +43,22 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):
 @pytest.mark.parametrize("budget", ["tiny", "FULL"])
 def test_demo_refuses_an_unknown_budget(tmp_path, budget):
     assert main([f"out_dir={tmp_path / 'd'}", f"budget={budget}"]) == 2
+
+
+def test_demo_over_seeds_with_ablations_pools_a_table(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main([f"out_dir={out}", *TOY, "seeds=[3,4]", "ablations=true"]) == 0
+    table = (out / "synthtalk" / "table.md").read_text()
+    assert table.splitlines()[0] in capsys.readouterr().out, "the pooled table is printed"
+    rows = ("teacher (clips)", "student (streamed)", "no_asd (streamed)", "no_context (streamed)", "no_sink (streamed)")
+    for row in rows:
+        assert table.count(f"| {row} |") == 2, f"{row}: one line pooled, one line per seed"
+    for seed in (3, 4):
+        assert f"seed {seed}" in table
+        assert (out / "synthtalk" / f"seed{seed}" / "scores.json").exists()
+        assert (out / "runs" / f"seed{seed}" / "no_sink" / "checkpoints" / "last.ckpt").exists()
+    assert "6 held-out" not in table and "Pooled over 2 training seeds" in table
+
+
+def test_demo_refuses_repeated_seeds(tmp_path):
+    assert main([f"out_dir={tmp_path / 'd'}", "seeds=[1,1]"]) == 2

@@ -67,17 +67,91 @@ def _train(experiment: str, run_dir: Path, steps: int, seed: int, *overrides: st
     ]))
 
 
-def _demo(cfg: DictConfig) -> None:
+# The ablation students (issue 12; the deltas of conf/experiment/student_no_*.yaml on synthtalk_student).
+# Each streams with the cache it was trained with: the checkpoint decides it (stored_models.stream_config).
+ABLATIONS = {
+    "no_asd": ["stage.asd.weight=0.0", "stage.flow_matching.weight=1.0"],  # teacher-forced flow matching
+    "no_context": ["stage.cache.use_context_cache=false"],
+    "no_sink": ["stage.cache.use_id_sink=false"],
+}
+
+
+def _train_and_score(cfg: DictConfig, seed: int, shards: Path, out: Path, tag: str) -> dict[str, Path | None]:
+    """Stages 3-7 for one training seed: VAE, its latents, teacher, student(s), SynthTalk into ``out/synthtalk/tag``."""
     from rest_lightning.cli.eval import run as run_eval
     from rest_lightning.cli.prep import run as run_prep_cli
 
+    runs, latents, evaluation = out / "runs" / tag, out / "latents" / tag, out / "synthtalk" / tag
+    clip = f"data.cfg.latent_frames={cfg.prep.latent_frames}"
+    named = f" (seed {seed})" if tag else ""
+    outputs: dict[str, Path | None] = {}
+
+    log.info("[demo 3/7] stage 1: the causal VAE, %d steps%s", cfg.vae_steps, named)
+    vae = _train("synthtalk_vae", runs / "vae", cfg.vae_steps, seed, f"data.cfg.root={shards}", clip)
+    outputs["VAE checkpoint"] = vae.last_checkpoint
+
+    log.info("[demo 4/7] the VAE's latents -> %s", latents)
+    run_prep_cli(compose("prep", [
+        "mode=encode", f"input={shards}", f"output={latents}", f"encode.vae={vae.last_checkpoint}",
+        "encode.progress=false",
+    ]))
+
+    log.info("[demo 5/7] stage 2: the audio-to-video teacher, %d steps%s", cfg.teacher_steps, named)
+    teacher = _train("synthtalk_teacher", runs / "teacher", cfg.teacher_steps, seed, f"data.cfg.root={latents}",
+                     clip, f"stage.vae_checkpoint={vae.last_checkpoint}")
+    outputs["teacher checkpoint"] = teacher.last_checkpoint
+
+    students = {"student": []} | (ABLATIONS if cfg.ablations else {})
+    for name, overrides in students.items():
+        log.info("[demo 6/7] stage 3: the ASD student (ID-Context Cache), %d steps%s%s", cfg.student_steps, named,
+                 "" if name == "student" else f": ablation {name} {' '.join(overrides)}")
+        student = _train("synthtalk_student", runs / name, cfg.student_steps, seed, f"data.cfg.root={latents}",
+                         clip, f"init_from={teacher.last_checkpoint}", f"stage.vae_checkpoint={vae.last_checkpoint}",
+                         *overrides)
+        outputs[f"{name} checkpoint"] = student.last_checkpoint
+
+    log.info("[demo 7/7] SynthTalk on the held-out speakers: %.0f s streams%s", cfg.stream_seconds, named)
+    ckpts = ", ".join(f"{name}: '{outputs[f'{name} checkpoint']}'" for name in ["teacher", *students])
+    run_eval(compose("eval", [
+        f"testset={shards}", "protocol=synthtalk_v1", f"out={evaluation}", f"vae_ckpt={vae.last_checkpoint}",
+        f"ckpts={{{ckpts}}}", f"synthtalk.stream_seconds={cfg.stream_seconds}", f"synthtalk.seed={cfg.seed}",
+        f"synthtalk.latent_frames={cfg.prep.latent_frames}", f"synthtalk.teacher_steps={cfg.eval_teacher_steps}",
+    ]))
+    outputs["SynthTalk table"] = evaluation / "table.md"
+    outputs["mouth opening plot"] = evaluation / "mouth.png"
+    outputs["side-by-side video"] = evaluation / "side_by_side.mp4"
+    outputs["per-speaker scores"] = evaluation / "scores.json"
+    return outputs
+
+
+def _pooled_table(out: Path, seeds: Sequence[int]) -> Path:
+    """``out/synthtalk/table.md``: every seed's speakers pooled per row, then lip-sync r seed by seed."""
+    import json
+
+    from eval.synthtalk import pool_seeds, seed_table_markdown, summarise, table_markdown
+
+    evaluation = out / "synthtalk"
+    per_seed = {s: json.loads((evaluation / f"seed{s}" / "scores.json").read_text())["rows"] for s in seeds}
+    calibration = json.loads((evaluation / f"seed{seeds[0]}" / "results.json").read_text())["identity_calibration"]
+    note = (f"Pooled over {len(seeds)} training seeds ({', '.join(map(str, seeds))}; all stages retrained per seed) "
+            "and the held-out test speakers; intervals resample (seed, speaker) pairs.")
+    table = table_markdown(summarise(pool_seeds(per_seed)), calibration, note)
+    (evaluation / "table.md").write_text(table + "\n" + seed_table_markdown(per_seed))
+    return evaluation / "table.md"
+
+
+def _demo(cfg: DictConfig) -> None:
+    from rest_lightning.cli.prep import run as run_prep_cli
+
     cfg = _settings(cfg)
+    seeds = [int(s) for s in cfg.seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds={list(cfg.seeds)} must be a non-empty list of distinct training seeds")
     out = Path(cfg.out_dir).resolve()
     _fresh_out_dir(out)
-    raw, shards, latents, runs = out / "raw", out / "shards", out / "latents", out / "runs"
+    raw, shards = out / "raw", out / "shards"
     outputs: dict[str, Path | None] = {}
     started = time.perf_counter()
-    clip = f"data.cfg.latent_frames={cfg.prep.latent_frames}"
 
     log.info("[demo 1/7] synthetic talking-head corpus (%d speakers) -> %s", cfg.synth.n_speakers, raw)
     run_prep_cli(compose("prep", [
@@ -91,43 +165,18 @@ def _demo(cfg: DictConfig) -> None:
     ]))
     outputs["shards (manifest.json)"] = shards
 
-    log.info("[demo 3/7] stage 1: the causal VAE, %d steps", cfg.vae_steps)
-    vae = _train("synthtalk_vae", runs / "vae", cfg.vae_steps, cfg.seed, f"data.cfg.root={shards}", clip)
-    outputs["VAE checkpoint"] = vae.last_checkpoint
-
-    log.info("[demo 4/7] the VAE's latents -> %s", latents)
-    run_prep_cli(compose("prep", [
-        "mode=encode", f"input={shards}", f"output={latents}", f"encode.vae={vae.last_checkpoint}",
-        "encode.progress=false",
-    ]))
-
-    log.info("[demo 5/7] stage 2: the audio-to-video teacher, %d steps", cfg.teacher_steps)
-    teacher = _train("synthtalk_teacher", runs / "teacher", cfg.teacher_steps, cfg.seed, f"data.cfg.root={latents}",
-                     clip, f"stage.vae_checkpoint={vae.last_checkpoint}")
-    outputs["teacher checkpoint"] = teacher.last_checkpoint
-
-    log.info("[demo 6/7] stage 3: the ASD student (ID-Context Cache), %d steps", cfg.student_steps)
-    student = _train("synthtalk_student", runs / "student", cfg.student_steps, cfg.seed, f"data.cfg.root={latents}",
-                     clip, f"init_from={teacher.last_checkpoint}", f"stage.vae_checkpoint={vae.last_checkpoint}")
-    outputs["student checkpoint"] = student.last_checkpoint
-
-    log.info("[demo 7/7] SynthTalk on the held-out speakers: %.0f s streams", cfg.stream_seconds)
-    evaluation = out / "synthtalk"
-    run_eval(compose("eval", [
-        f"testset={shards}", "protocol=synthtalk_v1", f"out={evaluation}", f"vae_ckpt={vae.last_checkpoint}",
-        f"ckpts={{teacher: '{teacher.last_checkpoint}', student: '{student.last_checkpoint}'}}",
-        f"synthtalk.stream_seconds={cfg.stream_seconds}", f"synthtalk.seed={cfg.seed}",
-        f"synthtalk.latent_frames={cfg.prep.latent_frames}", f"synthtalk.teacher_steps={cfg.eval_teacher_steps}",
-    ]))
-    outputs["SynthTalk table"] = evaluation / "table.md"
-    outputs["mouth opening plot"] = evaluation / "mouth.png"
-    outputs["side-by-side video"] = evaluation / "side_by_side.mp4"
-    outputs["per-speaker scores"] = evaluation / "scores.json"
-
-    print("\n" + (evaluation / "table.md").read_text())
+    if len(seeds) == 1:
+        outputs |= _train_and_score(cfg, seeds[0], shards, out, "")
+    else:
+        for seed in seeds:
+            outputs |= {f"{k} (seed {seed})": v for k, v in _train_and_score(cfg, seed, shards, out, f"seed{seed}").items()
+                        if "checkpoint" not in k}
+        outputs["SynthTalk table, pooled"] = _pooled_table(out, seeds)
+    table = outputs.get("SynthTalk table, pooled") or outputs["SynthTalk table"]
+    print("\n" + Path(table).read_text())
     print(f"rest-demo finished in {(time.perf_counter() - started) / 60:.1f} min. Outputs:")
     for name, path in outputs.items():
-        print(f"  {name:<24} {path}")
+        print(f"  {name:<32} {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
