@@ -27,9 +27,28 @@ def test_demo_runs_every_step_and_writes_its_outputs(tmp_path, capsys):
     assert table.splitlines()[0] in printed, "the table is printed"
     assert (out / "latents" / "manifest.json").exists(), "stages 2-3 read the VAE's latents"
 
+    frames = _decoded_clips(out / "shards")
     (out / "stale.txt").write_text("from the last run")
     assert main([f"out_dir={out}", *TOY, "vae_steps=1", "teacher_steps=1", "student_steps=1"]) == 0
     assert not (out / "stale.txt").exists(), "a demo folder starts afresh"
+    assert _decoded_clips(out / "shards") == frames, "the same corpus and clips, frame for frame (lossless H.264)"
+
+
+def _decoded_clips(root) -> dict[str, str]:
+    """md5 of every shard clip's decoded frames, by member name."""
+    import hashlib
+    import tarfile
+
+    from rest_lightning.data.codecs import decode_mp4
+
+    clips = {}
+    for shard in sorted(root.glob("*/*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".mp4"):
+                    clips[member.name] = hashlib.md5(decode_mp4(tar.extractfile(member).read()).tobytes()).hexdigest()
+    assert clips, f"no clips under {root}"
+    return clips
 
 
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path, capsys):
