@@ -78,7 +78,7 @@ def generate_videos(gen_cfg: DictConfig, testset: TestSet, items: Sequence[TestI
 
     models = build_models(gen_cfg)
     generator = build_generator(gen_cfg, models)
-    side = resolution_of(gen_cfg, generator)
+    side = resolution_of(gen_cfg, generator, models)
     audio_config = generator.audio_encoder.config
     chunk = max(1, int(round(gen_cfg.audio_chunk_ms * audio_config.sample_rate / MS_PER_S)))
     for item in todo:

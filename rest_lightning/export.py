@@ -69,6 +69,7 @@ class ExportCard:
     sha256: str  # of the safetensors file
     version: str | None  # rest_lightning version that trained it
     created: str  # UTC time of the export
+    resolution: int | None = None  # side of the clips it trained on (rest-generate's default resolution)
 
     def metadata(self) -> dict[str, Any]:
         """The ``"rest"`` entry written into the safetensors header (what init_from checks)."""
@@ -159,6 +160,7 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, *, ema: b
     card_fields = {
         "stage": meta.get("stage"),
         "config": meta.get("config"),
+        "resolution": meta.get("resolution"),
         "step": rest.get("global_step"),
         "epoch": rest.get("epoch"),
         "weights": "ema" if ema else "model",

@@ -51,6 +51,8 @@ class StoredDenoiser:
     chunk_frames: int
     cache: dict[str, Any] | None
     source: str
+    vae_config: dict[str, Any] | None = None  # the architecture of the VAE it was trained on
+    resolution: int | None = None  # the side of the clips it trained on (checkpoints from 2026-12 on)
 
 
 def _weights(state: dict[str, Tensor], prefixes: tuple[str, ...]) -> tuple[dict[str, Tensor], str]:
@@ -74,7 +76,7 @@ def load_denoiser(path: str | Path, key: str = "ckpt") -> StoredDenoiser:
     state, meta = load_user_state(path, key=key)
     source = f"{key}={path}"
     stage, config = meta.get("stage"), meta.get("config") or {}
-    if stage not in DIFFUSION_STAGES or "dit" not in config or "audio" not in config:
+    if not has_stored_config(meta):
         raise StoredModelError(
             f"{source} is {'a ' + repr(stage) if stage else 'not a'} stage checkpoint with a stored config; "
             f"give a {' or '.join(DIFFUSION_STAGES)} checkpoint written by rest-train (or rest-ckpt export)"
@@ -86,7 +88,18 @@ def load_denoiser(path: str | Path, key: str = "ckpt") -> StoredDenoiser:
         part = {k[len(name):]: v for k, v in weights.items() if k.startswith(name)}
         load_weights_into(module, part, strict=True, source=f"{source} ({prefix}{name}*)")
     return StoredDenoiser(dit.eval(), audio.eval(), stage, int(config.get("chunk_frames", 1)),
-                          config.get("cache"), source)
+                          config.get("cache"), source, config.get("vae"), meta.get("resolution"))
+
+
+def has_stored_config(meta: dict[str, Any]) -> bool:
+    """True when a checkpoint's metadata describes a teacher / student that ``load_denoiser`` can rebuild."""
+    config = meta.get("config") or {}
+    return meta.get("stage") in DIFFUSION_STAGES and "dit" in config and "audio" in config
+
+
+def build_vae(config: dict[str, Any], source: str) -> CausalVideoVAE:
+    """A VAE of a stored architecture (random weights): what a teacher / student's ``vae_config`` describes."""
+    return CausalVideoVAE(_config(VAEConfig, config, source))
 
 
 def load_vae(path: str | Path, key: str = "vae_ckpt") -> CausalVideoVAE:
@@ -97,7 +110,7 @@ def load_vae(path: str | Path, key: str = "vae_ckpt") -> CausalVideoVAE:
     if meta.get("stage") != "vae" or config is None:
         raise StoredModelError(f"{source} is not a VAE-stage checkpoint with a stored config (rest-train "
                                "experiment=*_vae writes one)")
-    vae = CausalVideoVAE(_config(VAEConfig, config, source))
+    vae = build_vae(config, source)
     weights, _ = _weights(state, VAE_PREFIXES)
     load_weights_into(vae, weights, strict=True, source=source)
     return vae.eval()
@@ -125,6 +138,8 @@ __all__ = [
     "StoredDenoiser",
     "StoredModelError",
     "TEACHER_STREAM_DEFAULTS",
+    "build_vae",
+    "has_stored_config",
     "load_denoiser",
     "load_vae",
     "stream_config",

@@ -195,3 +195,53 @@ def test_default_prefixes_match_the_teacher_stage_layout(tiny_shards):
     for module in ("dit", "audio"):
         for prefix in prefixes[module]:
             assert any(k.startswith(prefix) for k in keys), f"no teacher key starts with {prefix!r} ({module})"
+
+
+def _stored_student(tmp_path: Path, resolution: int, **cache) -> Path:
+    """A student checkpoint as StudentStage writes one: weights plus its stored architectures and cache, a
+    DiT narrower than size=tiny's, and the resolution it trained at."""
+    import dataclasses
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from rest_lightning.models.audio import AudioEncoder
+    from rest_lightning.models.dit import DiT
+    from rest_lightning.stages.conditioning import diffusion_identity_config
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "model"
+    dit_config = dataclasses.replace(instantiate(OmegaConf.load(conf / "dit" / "dit_tiny.yaml")), width=48, num_heads=2)
+    audio_config = instantiate(OmegaConf.load(conf / "audio" / "log_mel_tiny.yaml"))
+    vae_config = instantiate(OmegaConf.load(conf / "vae" / "vae_tiny.yaml"))
+    torch.manual_seed(0)
+    state = {f"ema.module.dit.{k}": v for k, v in DiT(dit_config).state_dict().items()}
+    state |= {f"ema.module.audio_encoder.{k}": v for k, v in AudioEncoder(audio_config).state_dict().items()}
+    config = diffusion_identity_config(dit_config, audio_config, vae_config, 1, True)
+    config["cache"] = {"window": 2, "use_id_sink": True, "use_context_cache": True, **cache}
+    path = tmp_path / "student.ckpt"
+    torch.save({"state_dict": state, "rest": {"stage": "student", "config": config, "resolution": resolution}}, path)
+    return path
+
+
+def test_the_checkpoint_decides_models_cache_and_resolution(media, tmp_path, capsys) -> None:
+    from rest_lightning.config import compose
+
+    ckpt = _stored_student(tmp_path, resolution=32, use_id_sink=False)
+    cfg = compose("generate", generate_cli.with_size_overrides(["ref=x", "audio=y", f"ckpt={ckpt}"]))
+    models = generate_cli.build_models(cfg)
+    assert models.dit.config.width == 48, "the stored DiT, not size=tiny's"
+    generator = generate_cli.build_generator(cfg, models)
+    assert (generator.config.window, generator.config.use_id_sink) == (2, False), "the trained cache"
+    assert generate_cli.resolution_of(cfg, generator, models) == 32, "the trained resolution"
+
+    out = tmp_path / "out.mp4"
+    assert generate_cli.main([f"ref={media['ref']}", f"audio={media['wav']}", f"out={out}", f"ckpt={ckpt}"]) == 0
+    assert decode_mp4(out.read_bytes()).shape[1:3] == (32, 32), "written at the trained resolution"
+
+    # An explicit setting that contradicts the trained cache is refused, naming both values.
+    bad = tmp_path / "bad.mp4"
+    code = generate_cli.main([f"ref={media['ref']}", f"audio={media['wav']}", f"out={bad}", f"ckpt={ckpt}",
+                              "stream.window=4"])
+    err = capsys.readouterr().err
+    assert code == 2 and not bad.exists()
+    assert "stream.window=4 contradicts" in err and "window=2" in err, err

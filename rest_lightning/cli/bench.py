@@ -49,7 +49,7 @@ def bench(cfg: DictConfig) -> dict:
         )
     models = build_models(cfg)
     generator = build_generator(cfg, models)
-    side = resolution_of(cfg, generator)
+    side = resolution_of(cfg, generator, models)
     report = run_benchmark(generator, (side, side), cfg.chunks, cfg.warmup_chunks, cfg.speedup_repeats)
     result = report.to_dict()
     result["size"] = cfg.size

@@ -16,10 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rest_lightning.cli.common import run_cli
 from rest_lightning.config import ConfigError, check_int
+from rest_lightning.stored_models import (
+    StoredDenoiser,
+    StoredModelError,
+    build_vae,
+    has_stored_config,
+    load_denoiser,
+    load_vae,
+    stream_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +106,7 @@ def pick_device_dtype(cfg: DictConfig) -> tuple[torch.device, torch.dtype]:
     return device, dtype
 
 
-def _read_checkpoint(path: str, key: str, stages: Sequence[str]) -> dict[str, torch.Tensor]:
+def _read_checkpoint(path: str, key: str, stages: Sequence[str]) -> tuple[dict[str, torch.Tensor], dict]:
     from rest_lightning.checkpoint import CheckpointMismatchError, load_user_state
 
     try:
@@ -112,20 +122,81 @@ def _read_checkpoint(path: str, key: str, stages: Sequence[str]) -> dict[str, to
             f"{key}={path} is a '{stage}' checkpoint; rest-generate needs {' or '.join(repr(s) for s in stages)} "
             f"there{hint}"
         )
-    return state
+    return state, meta
 
 
 @dataclass
 class StreamingModels:
+    """The modules to stream with; ``stored`` is what ``ckpt=`` stored about them (it decides the cache and
+    the default resolution), None for a plain state dict or a fresh initialisation."""
+
     dit: torch.nn.Module
     vae: torch.nn.Module
     audio: torch.nn.Module
+    stored: StoredDenoiser | None = None
 
 
 def build_models(cfg: DictConfig) -> StreamingModels:
-    """The DiT, VAE and audio encoder of ``cfg.model``, with weights from ``cfg.ckpt`` / ``cfg.vae_ckpt``."""
-    from hydra.utils import instantiate
+    """The DiT, VAE and audio encoder to stream with.
 
+    A teacher / student checkpoint written by ``rest-train`` (or ``rest-ckpt export``) stores its
+    architectures: ``ckpt=`` then decides the DiT and audio encoder, and the VAE's architecture unless
+    ``vae_ckpt=`` is a VAE checkpoint with its own (``size=`` and ``model/*`` do not apply to them). A plain
+    state dict, or no ``ckpt=``, takes the ``model/*`` groups."""
+    if cfg.ckpt:
+        state, meta = _read_checkpoint(cfg.ckpt, "ckpt", tuple(cfg.ckpt_stages))
+        if has_stored_config(meta):
+            return _stored_models(cfg, state)
+    return _models_from_groups(cfg)
+
+
+def _stored_models(cfg: DictConfig, state: dict[str, torch.Tensor]) -> StreamingModels:
+    """``ckpt=`` rebuilt from its stored config; the VAE from ``vae_ckpt=``, else from ``ckpt=`` itself."""
+    from rest_lightning.models.vae import CausalVideoVAE
+    from rest_lightning.streaming.weights import WeightsError, find_prefix, load_module
+
+    try:
+        stored = load_denoiser(cfg.ckpt, key="ckpt")
+        vae = None
+        if cfg.vae_ckpt:
+            _, vae_meta = _read_checkpoint(cfg.vae_ckpt, "vae_ckpt", ("vae",))
+            if (vae_meta.get("config") or {}).get("vae") is not None:
+                vae = load_vae(cfg.vae_ckpt, key="vae_ckpt")
+        if vae is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.stream.seed)
+                vae = (build_vae(stored.vae_config, f"ckpt={cfg.ckpt}") if stored.vae_config
+                       else CausalVideoVAE(instantiate(cfg.model.vae, _convert_="object")))
+            if cfg.vae_ckpt:  # a plain VAE state dict: its keys must fit the architecture ckpt= trained on
+                vae_state, _ = _read_checkpoint(cfg.vae_ckpt, "vae_ckpt", ("vae",))
+                prefix = find_prefix(vae_state, tuple(cfg.weights.vae), vae)
+                if prefix is None:
+                    raise ConfigError(f"vae_ckpt={cfg.vae_ckpt} holds no VAE weights under {list(cfg.weights.vae)}")
+                load_module(vae, vae_state, prefix, f"vae_ckpt={cfg.vae_ckpt}")
+            else:
+                prefix = find_prefix(state, tuple(cfg.weights.vae), vae, complete_only=True)
+                if prefix is None:
+                    _warn_random("VAE (no vae_ckpt=, and ckpt= holds none)")
+                else:
+                    load_module(vae, state, prefix, f"ckpt={cfg.ckpt}")
+    except (StoredModelError, WeightsError, ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from None
+    log.info("models from %s's stored config (%s, trained at %s px); size= and model/* do not apply to them",
+             cfg.ckpt, stored.stage, stored.resolution or "an unrecorded resolution")
+    return StreamingModels(stored.dit, vae.eval(), stored.audio, stored)
+
+
+def _warn_random(parts: str) -> None:
+    log.warning(
+        "\n" + "!" * 78 + "\n!! FRESHLY INITIALISED %s: the output is noise, not a face.\n"
+        "!! This exercises and benchmarks the engine only; pass ckpt=... vae_ckpt=... to generate.\n"
+        + "!" * 78,
+        parts,
+    )
+
+
+def _models_from_groups(cfg: DictConfig) -> StreamingModels:
+    """The DiT, VAE and audio encoder of ``cfg.model``, with weights from ``cfg.ckpt`` / ``cfg.vae_ckpt``."""
     from rest_lightning.models.audio import AudioEncoder
     from rest_lightning.models.dit import DiT
     from rest_lightning.models.vae import CausalVideoVAE
@@ -147,7 +218,7 @@ def build_models(cfg: DictConfig) -> StreamingModels:
     vae_loaded = False
     try:
         if cfg.ckpt:
-            state = _read_checkpoint(cfg.ckpt, "ckpt", tuple(cfg.ckpt_stages))
+            state, _ = _read_checkpoint(cfg.ckpt, "ckpt", tuple(cfg.ckpt_stages))
             for name, module, options in (("dit", dit, prefixes.dit), ("audio", audio, prefixes.audio)):
                 prefix = find_prefix(state, options, module)
                 if prefix is None:
@@ -165,7 +236,7 @@ def build_models(cfg: DictConfig) -> StreamingModels:
         else:
             random_parts.append("DiT and audio encoder (no ckpt=)")
         if cfg.vae_ckpt:
-            state = _read_checkpoint(cfg.vae_ckpt, "vae_ckpt", ("vae",))
+            state, _ = _read_checkpoint(cfg.vae_ckpt, "vae_ckpt", ("vae",))
             prefix = find_prefix(state, prefixes.vae, vae)
             if prefix is None:
                 raise ConfigError(f"vae_ckpt={cfg.vae_ckpt} holds no VAE weights under {list(prefixes.vae)}")
@@ -176,28 +247,33 @@ def build_models(cfg: DictConfig) -> StreamingModels:
     if not vae_loaded:
         random_parts.append("VAE (no vae_ckpt=)")
     if random_parts:
-        log.warning(
-            "\n" + "!" * 78 + "\n!! FRESHLY INITIALISED %s: the output is noise, not a face.\n"
-            "!! This exercises and benchmarks the engine only; pass ckpt=... vae_ckpt=... to generate.\n"
-            + "!" * 78,
-            " and ".join(random_parts),
-        )
+        _warn_random(" and ".join(random_parts))
     return StreamingModels(dit, vae, audio)
 
 
 def build_generator(cfg: DictConfig, models: StreamingModels):
+    """The engine with ``cfg.stream``: its null keys come from the checkpoint (``stored_models.stream_config``:
+    an explicit value that contradicts a student's trained cache is refused), or StreamConfig's defaults."""
     from rest_lightning.streaming import StreamConfig, StreamingGenerator
 
     device, dtype = pick_device_dtype(cfg)
+    explicit = {k: v for k, v in OmegaConf.to_container(cfg.stream).items() if v is not None}
     try:
-        config = StreamConfig(**OmegaConf.to_container(cfg.stream))
+        config = stream_config(models.stored, **explicit) if models.stored else StreamConfig(**explicit)
         return StreamingGenerator(models.dit, models.vae, models.audio, config, device, dtype)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"stream: {err}") from None
 
 
-def resolution_of(cfg: DictConfig, generator) -> int:
-    side = cfg.resolution if cfg.resolution is not None else check_size(cfg).resolution
+def resolution_of(cfg: DictConfig, generator, models: StreamingModels | None = None) -> int:
+    """``resolution=``, else the resolution ``ckpt=`` trained at, else the size's default."""
+    trained = models.stored.resolution if models is not None and models.stored is not None else None
+    if cfg.resolution is not None:
+        side = cfg.resolution
+    elif trained is not None:
+        side = trained
+    else:
+        side = check_size(cfg).resolution
     ratio = generator.spatial_compression
     if not isinstance(side, int) or side < ratio or side % ratio or side % 2:
         raise ConfigError(
@@ -275,7 +351,9 @@ def generate(cfg: DictConfig) -> Path:
         raise ConfigError(f"out={cfg.out!r}: rest-generate writes mp4 files; name it *.mp4")
     models = build_models(cfg)
     generator = build_generator(cfg, models)
-    side = resolution_of(cfg, generator)
+    side = resolution_of(cfg, generator, models)
+    if models.stored is not None and models.stored.resolution not in (None, side):
+        log.warning("resolution=%d differs from the %d px %s trained at", side, models.stored.resolution, cfg.ckpt)
     audio_config = generator.audio_encoder.config
     try:
         ref_image = prepare_reference(cfg.ref, side, cfg.ref_detector, cfg.ref_margin)

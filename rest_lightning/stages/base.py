@@ -51,17 +51,29 @@ class RestStage(L.LightningModule):
 
     # --- checkpoint identity and RNG ------------------------------------------------------------
 
+    # The side in pixels of the square clips this stage trained on (the references' side, in video and
+    # latent mode alike); stored in every checkpoint so rest-generate streams at it by default.
+    trained_resolution: int | None = None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        ref = getattr(batch, "ref", None)
+        if self.trained_resolution is None and isinstance(ref, torch.Tensor) and ref.ndim == 4:
+            self.trained_resolution = int(ref.shape[-1])
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[META_KEY] = {
             "stage": self.stage_name,
             "config": self.identity_config(),
             "version": __version__,
         }
+        if self.trained_resolution is not None:
+            checkpoint[META_KEY]["resolution"] = self.trained_resolution
         # Lightning does not save RNG states; exact resume needs them (noise, dropout, timesteps).
         checkpoint["rng_states"] = _rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_compatible(checkpoint.get(META_KEY, {}), source="the resumed checkpoint", resume=True)
+        self.trained_resolution = checkpoint.get(META_KEY, {}).get("resolution", self.trained_resolution)
         if "rng_states" in checkpoint:
             _set_rng_states(checkpoint["rng_states"])
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import av
 import pytest
@@ -130,6 +131,8 @@ def test_checkpoints_hold_the_dit_and_ema_but_not_the_frozen_vae(teacher_run):
     assert json.loads(json.dumps(meta["config"])) == meta["config"], "identity config is plain JSON"
     assert meta["config"]["dit"]["width"] == cfg.model.dit.width
     assert meta["config"]["audio"]["token_dim"] == cfg.model.audio.token_dim
+    manifest = json.loads((Path(cfg.data.cfg.root) / "manifest.json").read_text())
+    assert meta["resolution"] == manifest["media"]["size"], "the side it trained at (rest-generate's default)"
     ema_moved = [
         k
         for k in keys
