@@ -15,6 +15,10 @@ Each step calls the same library function as its own CLI:
    ``table.md`` (printed), ``mouth.png`` (mouth opening over time: the audio's vs each row's) and
    ``side_by_side.mp4`` (every row for one test speaker, with its audio).
 
+``seeds=[0,1,2]`` retrains every stage per seed on the same corpus and adds a table pooled over seeds
+(``synthtalk/table.md``; each seed's own under ``synthtalk/seed<N>/``); ``ablations=true`` also trains the
+no-ASD, no-Context-Cache and no-ID-Sink students (``ABLATIONS``) and scores them beside the student.
+
 ``budget=quick`` (the default, about 10 minutes on 2 cores) runs at 32 px; ``budget=full`` applies the
 ``full:`` section of ``conf/demo.yaml`` (more speakers, more steps). ``out_dir`` is the demo's own folder:
 each run starts it afresh (a folder the demo did not make is refused, never deleted).
@@ -103,8 +107,8 @@ def _train_and_score(cfg: DictConfig, seed: int, shards: Path, out: Path, tag: s
 
     students = {"student": []} | (ABLATIONS if cfg.ablations else {})
     for name, overrides in students.items():
-        log.info("[demo 6/7] stage 3: the ASD student (ID-Context Cache), %d steps%s%s", cfg.student_steps, named,
-                 "" if name == "student" else f": ablation {name} {' '.join(overrides)}")
+        what = "the ASD student (ID-Context Cache)" if name == "student" else f"ablation {name} ({' '.join(overrides)})"
+        log.info("[demo 6/7] stage 3: %s, %d steps%s", what, cfg.student_steps, named)
         student = _train("synthtalk_student", runs / name, cfg.student_steps, seed, f"data.cfg.root={latents}",
                          clip, f"init_from={teacher.last_checkpoint}", f"stage.vae_checkpoint={vae.last_checkpoint}",
                          *overrides)
