@@ -74,7 +74,11 @@ def _config(cls: type, stored: dict[str, Any], source: str) -> Any:
 def load_denoiser(path: str | Path, key: str = "ckpt") -> StoredDenoiser:
     """The DiT + audio encoder of a teacher / student checkpoint, built from its stored config."""
     state, meta = load_user_state(path, key=key)
-    source = f"{key}={path}"
+    return denoiser_from_state(state, meta, f"{key}={path}")
+
+
+def denoiser_from_state(state: dict[str, Tensor], meta: dict[str, Any], source: str) -> StoredDenoiser:
+    """``load_denoiser`` on a checkpoint already read (``checkpoint.load_user_state``)."""
     stage, config = meta.get("stage"), meta.get("config") or {}
     if not has_stored_config(meta):
         raise StoredModelError(
@@ -105,7 +109,11 @@ def build_vae(config: dict[str, Any], source: str) -> CausalVideoVAE:
 def load_vae(path: str | Path, key: str = "vae_ckpt") -> CausalVideoVAE:
     """The VAE of a VAE-stage checkpoint, built from its stored config (EMA weights first)."""
     state, meta = load_user_state(path, key=key)
-    source = f"{key}={path}"
+    return vae_from_state(state, meta, f"{key}={path}")
+
+
+def vae_from_state(state: dict[str, Tensor], meta: dict[str, Any], source: str) -> CausalVideoVAE:
+    """``load_vae`` on a checkpoint already read (``checkpoint.load_user_state``)."""
     config = (meta.get("config") or {}).get("vae")
     if meta.get("stage") != "vae" or config is None:
         raise StoredModelError(f"{source} is not a VAE-stage checkpoint with a stored config (rest-train "
@@ -139,8 +147,10 @@ __all__ = [
     "StoredModelError",
     "TEACHER_STREAM_DEFAULTS",
     "build_vae",
+    "denoiser_from_state",
     "has_stored_config",
     "load_denoiser",
     "load_vae",
     "stream_config",
+    "vae_from_state",
 ]

@@ -25,10 +25,10 @@ from rest_lightning.stored_models import (
     StoredDenoiser,
     StoredModelError,
     build_vae,
+    denoiser_from_state,
     has_stored_config,
-    load_denoiser,
-    load_vae,
     stream_config,
+    vae_from_state,
 )
 
 log = logging.getLogger(__name__)
@@ -146,29 +146,28 @@ def build_models(cfg: DictConfig) -> StreamingModels:
     if cfg.ckpt:
         state, meta = _read_checkpoint(cfg.ckpt, "ckpt", tuple(cfg.ckpt_stages))
         if has_stored_config(meta):
-            return _stored_models(cfg, state)
+            return _stored_models(cfg, state, meta)
     return _models_from_groups(cfg)
 
 
-def _stored_models(cfg: DictConfig, state: dict[str, torch.Tensor]) -> StreamingModels:
+def _stored_models(cfg: DictConfig, state: dict[str, torch.Tensor], meta: dict) -> StreamingModels:
     """``ckpt=`` rebuilt from its stored config; the VAE from ``vae_ckpt=``, else from ``ckpt=`` itself."""
     from rest_lightning.models.vae import CausalVideoVAE
     from rest_lightning.streaming.weights import WeightsError, find_prefix, load_module
 
     try:
-        stored = load_denoiser(cfg.ckpt, key="ckpt")
+        stored = denoiser_from_state(state, meta, f"ckpt={cfg.ckpt}")
         vae = None
         if cfg.vae_ckpt:
-            _, vae_meta = _read_checkpoint(cfg.vae_ckpt, "vae_ckpt", ("vae",))
+            vae_state, vae_meta = _read_checkpoint(cfg.vae_ckpt, "vae_ckpt", ("vae",))
             if (vae_meta.get("config") or {}).get("vae") is not None:
-                vae = load_vae(cfg.vae_ckpt, key="vae_ckpt")
+                vae = vae_from_state(vae_state, vae_meta, f"vae_ckpt={cfg.vae_ckpt}")
         if vae is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.stream.seed)
                 vae = (build_vae(stored.vae_config, f"ckpt={cfg.ckpt}") if stored.vae_config
                        else CausalVideoVAE(instantiate(cfg.model.vae, _convert_="object")))
             if cfg.vae_ckpt:  # a plain VAE state dict: its keys must fit the architecture ckpt= trained on
-                vae_state, _ = _read_checkpoint(cfg.vae_ckpt, "vae_ckpt", ("vae",))
                 prefix = find_prefix(vae_state, tuple(cfg.weights.vae), vae)
                 if prefix is None:
                     raise ConfigError(f"vae_ckpt={cfg.vae_ckpt} holds no VAE weights under {list(cfg.weights.vae)}")
