@@ -143,41 +143,51 @@ def build_models(cfg: DictConfig) -> StreamingModels:
     architectures: ``ckpt=`` then decides the DiT and audio encoder, and the VAE's architecture unless
     ``vae_ckpt=`` is a VAE checkpoint with its own (``size=`` and ``model/*`` do not apply to them). A plain
     state dict, or no ``ckpt=``, takes the ``model/*`` groups."""
-    if cfg.ckpt:
-        state, meta = _read_checkpoint(cfg.ckpt, "ckpt", tuple(cfg.ckpt_stages))
-        if has_stored_config(meta):
-            return _stored_models(cfg, state, meta)
-    return _models_from_groups(cfg)
+    state, meta = _read_checkpoint(cfg.ckpt, "ckpt", tuple(cfg.ckpt_stages)) if cfg.ckpt else (None, {})
+    if has_stored_config(meta):
+        return _stored_models(cfg, state, meta)
+    return _models_from_groups(cfg, state)
+
+
+def _load_vae_weights(cfg: DictConfig, vae: torch.nn.Module, ckpt_state: dict | None, vae_state: dict | None) -> bool:
+    """VAE weights from ``vae_ckpt=`` (it must hold them), else from a complete set inside ``ckpt=``; False
+    when neither gives any (the VAE stays freshly initialised)."""
+    from rest_lightning.streaming.weights import find_prefix, load_module
+
+    prefixes = tuple(cfg.weights.vae)
+    if vae_state is not None:
+        prefix = find_prefix(vae_state, prefixes, vae)
+        if prefix is None:
+            raise ConfigError(f"vae_ckpt={cfg.vae_ckpt} holds no VAE weights under {list(prefixes)}")
+        load_module(vae, vae_state, prefix, f"vae_ckpt={cfg.vae_ckpt}")
+        return True
+    if ckpt_state is not None:
+        # A teacher / student checkpoint may carry the VAE too (complete sets only: its DiT keys also start
+        # with "ema.module.").
+        prefix = find_prefix(ckpt_state, prefixes, vae, complete_only=True)
+        if prefix is not None:
+            load_module(vae, ckpt_state, prefix, f"ckpt={cfg.ckpt}")
+            return True
+    return False
 
 
 def _stored_models(cfg: DictConfig, state: dict[str, torch.Tensor], meta: dict) -> StreamingModels:
     """``ckpt=`` rebuilt from its stored config; the VAE from ``vae_ckpt=``, else from ``ckpt=`` itself."""
     from rest_lightning.models.vae import CausalVideoVAE
-    from rest_lightning.streaming.weights import WeightsError, find_prefix, load_module
+    from rest_lightning.streaming.weights import WeightsError
 
     try:
         stored = denoiser_from_state(state, meta, f"ckpt={cfg.ckpt}")
-        vae = None
-        if cfg.vae_ckpt:
-            vae_state, vae_meta = _read_checkpoint(cfg.vae_ckpt, "vae_ckpt", ("vae",))
-            if (vae_meta.get("config") or {}).get("vae") is not None:
-                vae = vae_from_state(vae_state, vae_meta, f"vae_ckpt={cfg.vae_ckpt}")
-        if vae is None:
+        vae_state, vae_meta = _read_checkpoint(cfg.vae_ckpt, "vae_ckpt", ("vae",)) if cfg.vae_ckpt else (None, {})
+        if (vae_meta.get("config") or {}).get("vae") is not None:
+            vae = vae_from_state(vae_state, vae_meta, f"vae_ckpt={cfg.vae_ckpt}")
+        else:  # a plain VAE state dict, or none: the architecture ckpt= trained on
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.stream.seed)
                 vae = (build_vae(stored.vae_config, f"ckpt={cfg.ckpt}") if stored.vae_config
                        else CausalVideoVAE(instantiate(cfg.model.vae, _convert_="object")))
-            if cfg.vae_ckpt:  # a plain VAE state dict: its keys must fit the architecture ckpt= trained on
-                prefix = find_prefix(vae_state, tuple(cfg.weights.vae), vae)
-                if prefix is None:
-                    raise ConfigError(f"vae_ckpt={cfg.vae_ckpt} holds no VAE weights under {list(cfg.weights.vae)}")
-                load_module(vae, vae_state, prefix, f"vae_ckpt={cfg.vae_ckpt}")
-            else:
-                prefix = find_prefix(state, tuple(cfg.weights.vae), vae, complete_only=True)
-                if prefix is None:
-                    _warn_random("VAE (no vae_ckpt=, and ckpt= holds none)")
-                else:
-                    load_module(vae, state, prefix, f"ckpt={cfg.ckpt}")
+            if not _load_vae_weights(cfg, vae, state, vae_state):
+                _warn_random("VAE (no vae_ckpt=, and ckpt= holds none)")
     except (StoredModelError, WeightsError, ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None
     log.info("models from %s's stored config (%s, trained at %s px); size= and model/* do not apply to them",
@@ -194,8 +204,9 @@ def _warn_random(parts: str) -> None:
     )
 
 
-def _models_from_groups(cfg: DictConfig) -> StreamingModels:
-    """The DiT, VAE and audio encoder of ``cfg.model``, with weights from ``cfg.ckpt`` / ``cfg.vae_ckpt``."""
+def _models_from_groups(cfg: DictConfig, state: dict[str, torch.Tensor] | None) -> StreamingModels:
+    """The DiT, VAE and audio encoder of ``cfg.model``, with weights from ``ckpt=`` (already read: ``state``,
+    None without one) and ``vae_ckpt=``."""
     from rest_lightning.models.audio import AudioEncoder
     from rest_lightning.models.dit import DiT
     from rest_lightning.models.vae import CausalVideoVAE
@@ -214,10 +225,8 @@ def _models_from_groups(cfg: DictConfig) -> StreamingModels:
         dit=tuple(cfg.weights.dit), audio=tuple(cfg.weights.audio), vae=tuple(cfg.weights.vae)
     )
     random_parts = []
-    vae_loaded = False
     try:
-        if cfg.ckpt:
-            state, _ = _read_checkpoint(cfg.ckpt, "ckpt", tuple(cfg.ckpt_stages))
+        if state is not None:
             for name, module, options in (("dit", dit, prefixes.dit), ("audio", audio, prefixes.audio)):
                 prefix = find_prefix(state, options, module)
                 if prefix is None:
@@ -226,25 +235,13 @@ def _models_from_groups(cfg: DictConfig) -> StreamingModels:
                         "the prefixes)"
                     )
                 load_module(module, state, prefix, f"ckpt={cfg.ckpt}")
-            # A teacher / student checkpoint may carry the VAE too (complete sets only: its DiT keys
-            # also start with "ema.module.").
-            prefix = find_prefix(state, prefixes.vae, vae, complete_only=True)
-            if prefix is not None and not cfg.vae_ckpt:
-                load_module(vae, state, prefix, f"ckpt={cfg.ckpt}")
-                vae_loaded = True
         else:
             random_parts.append("DiT and audio encoder (no ckpt=)")
-        if cfg.vae_ckpt:
-            state, _ = _read_checkpoint(cfg.vae_ckpt, "vae_ckpt", ("vae",))
-            prefix = find_prefix(state, prefixes.vae, vae)
-            if prefix is None:
-                raise ConfigError(f"vae_ckpt={cfg.vae_ckpt} holds no VAE weights under {list(prefixes.vae)}")
-            load_module(vae, state, prefix, f"vae_ckpt={cfg.vae_ckpt}")
-            vae_loaded = True
+        vae_state = _read_checkpoint(cfg.vae_ckpt, "vae_ckpt", ("vae",))[0] if cfg.vae_ckpt else None
+        if not _load_vae_weights(cfg, vae, state, vae_state):
+            random_parts.append("VAE (no vae_ckpt=)")
     except WeightsError as err:
         raise ConfigError(str(err)) from None
-    if not vae_loaded:
-        random_parts.append("VAE (no vae_ckpt=)")
     if random_parts:
         _warn_random(" and ".join(random_parts))
     return StreamingModels(dit, vae, audio)
