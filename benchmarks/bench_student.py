@@ -118,11 +118,9 @@ def memory_plan(gpus: list[int]) -> None:
 
 
 def _cache_shape(stage):
-    from rest_lightning.streaming.cache import CacheShape
+    from rest_lightning.streaming.rollout import cache_shape
 
-    tokens = 16 * 16  # 512 / 32 = 16: a 512x512 latent frame is 16x16 tokens (DESIGN §3)
-    config = stage.dit_config
-    return CacheShape(config.num_layers, 1, tokens, stage.chunk_frames * tokens, config.width)
+    return cache_shape(stage.dit_config, 1, (16, 16), stage.chunk_frames)  # 512 px / 32: 16x16 tokens (DESIGN §3)
 
 
 def main() -> None:

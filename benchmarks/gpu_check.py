@@ -318,7 +318,8 @@ def row_flops(args: argparse.Namespace, size: str) -> dict:
     from rest_lightning.models.dit import DiT
     from rest_lightning.models.vae import CausalVideoVAE
     from rest_lightning.streaming import StreamConfig
-    from rest_lightning.streaming.cache import CacheShape, IDContextCache
+    from rest_lightning.streaming.cache import IDContextCache
+    from rest_lightning.streaming.rollout import cache_shape
 
     meta = torch.device("meta")
     cfg = _compose_bench(size, args.device, args.dtype, args.bench_override)
@@ -333,7 +334,7 @@ def row_flops(args: argparse.Namespace, size: str) -> dict:
     grid = check_size(cfg).resolution // vae_config.spatial_compression
     out = {"size": size, "teacher_step_flops_b1": step_flops, "teacher_tokens_b1": tokens}
     cf, window, steps = stream.chunk_frames, stream.window, len(stream.timesteps)
-    shape = CacheShape(config.num_layers, 1, grid * grid, cf * grid * grid, config.width)
+    shape = cache_shape(config, 1, (grid, grid), cf)
     cache = IDContextCache(stream.cache_config(), shape, torch.float32, meta)
     latents = torch.empty(1, config.latent_channels, cf, grid, grid, device=meta)
     audio = torch.empty(1, cf, cfg.model.audio.n_audio_tokens, config.audio_dim, device=meta)

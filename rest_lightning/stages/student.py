@@ -64,7 +64,7 @@ from rest_lightning.diffusion.asd import (
 )
 from rest_lightning.diffusion.flow import flow_matching_loss, per_frame_mse, x0_from_velocity
 from rest_lightning.diffusion.losses import draw_flow_matching
-from rest_lightning.diffusion.samplers import Denoiser, FewStepSampler
+from rest_lightning.diffusion.samplers import FewStepSampler
 from rest_lightning.diffusion.schedules import AsyncNoiseSchedule, IndependentSchedule
 from rest_lightning.distributed import broadcast_from_rank_zero
 from rest_lightning.models.attention import AttentionPattern, WindowKV
@@ -85,12 +85,12 @@ from rest_lightning.stages.frozen_teacher import FrozenTeacher, FrozenTeacherCon
 from rest_lightning.stages.optim import DiffusionOptimConfig, build_optimizer
 from rest_lightning.stages.stream_validation import StreamValidationConfig, validate_streams
 from rest_lightning.stages.val_metrics import SynthTalkValidation
-from rest_lightning.streaming.cache import CacheConfig, CacheShape, IDContextCache
+from rest_lightning.streaming.cache import CacheConfig, IDContextCache
+from rest_lightning.streaming.rollout import ChunkRollout, cache_shape
 
 log = logging.getLogger(__name__)
 
 TRAIN_STREAM, VAL_STREAM = 0, 1  # generator streams (as the teacher stage)
-CLEAN_TIME = 0.0  # the clean pass writes a chunk's keys/values at t = 0 (streaming/generator.py)
 
 
 @dataclass
@@ -313,22 +313,16 @@ class StudentStage(RestStage):
     # --- the student's rollout and the ASD loss ------------------------------------------------------
 
     def _new_cache(self, latents: Tensor) -> IDContextCache:
-        batch, _, _, height, width = latents.shape
-        config = self.dit_config
-        shape = CacheShape(config.num_layers, batch, height * width, self.chunk_frames * height * width, config.width)
+        shape = cache_shape(self.dit_config, latents.shape[0], latents.shape[3:], self.chunk_frames)
         return IDContextCache(self.cache_config, shape, latents.dtype, latents.device)
+
+    def _rollout(self, model: AudioVideoDenoiser) -> ChunkRollout:
+        """The streaming rollout (``streaming/rollout.py``) of ``model``: unguided, as the student streams."""
+        return ChunkRollout(model.dit.forward_chunk, self.sampler, self.pattern, self.cache_config.use_context_cache)
 
     def _chunk_velocity(self, model: AudioVideoDenoiser, x: Tensor, t: float, audio: Tensor, windows: list[WindowKV]) -> Tensor:
         times = torch.full((x.shape[0], self.chunk_frames), t, device=x.device)
         return model.dit.forward_chunk(x, times, audio, windows, self.pattern).velocity
-
-    def _chunk_denoiser(self, model: AudioVideoDenoiser, audio: Tensor, windows: list[WindowKV]) -> Denoiser:
-        """The student's (unguided) velocity of one chunk reading ``windows``, as a sampler ``Denoiser``."""
-
-        def denoise(x: Tensor, t: Tensor) -> Tensor:
-            return model.dit.forward_chunk(x, t, audio, windows, self.pattern).velocity
-
-        return denoise
 
     def asd_loss(
         self, model: AudioVideoDenoiser, cond: ClipConditions, generator: torch.Generator, choices: StepChoices
@@ -346,22 +340,20 @@ class StudentStage(RestStage):
                              f"{self.asd.future_chunks}")
         frames = lambda c: slice(c * cf, (c + 1) * cf)  # noqa: E731  chunk c's latent frames
         ref = cond.ref if self.cache_config.use_id_sink else None
-        cache = self._new_cache(x0)
+        cache, rollout = self._new_cache(x0), self._rollout(model)
         outputs = []
         with torch.no_grad():
             if ref is not None:
                 cache.set_id_sink(model.dit.encode_id_sink(ref))
-            for c in range(current):
-                audio = cond.audio[:, frames(c)]
+            for c in range(current):  # the context chunks, rolled out as the stream makes them
+                audio, windows = cond.audio[:, frames(c)], cache.read()
                 if choices.ground_truth[c]:
                     out = x0[:, :, frames(c)]
                 else:
                     noise = torch.randn(x0[:, :, frames(c)].shape, generator=generator, device=x0.device, dtype=x0.dtype)
-                    out = self.sampler.sample(self._chunk_denoiser(model, audio, cache.read()), noise, generator)
+                    out = rollout.sample(noise, audio, windows, generator)
                 outputs.append(out)
-                if self.cache_config.use_context_cache:
-                    clean = torch.full((out.shape[0], cf), CLEAN_TIME, device=out.device)
-                    cache.write(model.dit.forward_chunk(out, clean, audio, cache.read(), self.pattern).kv)
+                rollout.write(cache, out, audio, windows)
             audio = cond.audio[:, frames(current)]
             windows = cache.read()
             x = torch.randn(x0[:, :, frames(current)].shape, generator=generator, device=x0.device, dtype=x0.dtype)

@@ -13,6 +13,9 @@ For each chunk ``c`` (``chunk_frames`` latent frames; one latent frame = 8 video
 5. one pass of the DiT on the clean latent at t = 0 writes the chunk's keys/values into the cache,
    evicting the oldest chunk (CausVid / Self-Forcing style).
 
+Steps 3 and 5 are ``ChunkRollout`` (``streaming/rollout.py``), the code the student's training rolls its
+context chunks out with: the stream builds its cache exactly as training did.
+
 Every model call runs under ``torch.inference_mode`` (a generator function cannot hold it across a
 ``yield`` without leaking it into the caller, so each step enters it itself).
 
@@ -31,21 +34,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rest_lightning.diffusion.guidance import GuidanceScales, guided_velocity
+from rest_lightning.diffusion.guidance import GuidanceScales
 from rest_lightning.diffusion.samplers import FewStepSampler
 from rest_lightning.models.attention import AttentionPattern, WindowKV
 from rest_lightning.models.audio import AudioEncoder
 from rest_lightning.models.dit import DiT
 from rest_lightning.models.vae import CausalVideoVAE, VAEStreamState
 from rest_lightning.streaming.audio_buffer import AudioBuffer
-from rest_lightning.streaming.cache import CacheConfig, CacheShape, IDContextCache
+from rest_lightning.streaming.cache import CacheConfig, IDContextCache
 from rest_lightning.streaming.frames import FrameRule
+from rest_lightning.streaming.rollout import ChunkRollout, cache_shape
 
 logger = logging.getLogger(__name__)
 
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 COMPILE_MODES: tuple[str, ...] = ("none", "default", "reduce-overhead", "max-autotune")
-CLEAN_TIME = 0.0  # the clean pass writes keys/values of the denoised chunk at flow time 0
 
 
 @dataclass(frozen=True)
@@ -187,11 +190,13 @@ class StreamingGenerator:
         self.pattern = config.pattern()
         self.sampler = FewStepSampler(config.timesteps)
         self.guidance = GuidanceScales(audio=config.audio_guidance, ref=1.0)
+        self._forward_chunk = self._compiled_forward_chunk()
+        self.rollout = ChunkRollout(self._forward_chunk, self.sampler, self.pattern, config.use_context_cache,
+                                    self.guidance, self.dtype)
         audio_config = audio_encoder.config
         self.frame_rule = FrameRule(
             audio_config.samples_per_video_frame, vae.config.temporal_compression, config.chunk_frames
         )
-        self._forward_chunk = self._compiled_forward_chunk()
         self._cache: IDContextCache | None = None
 
     # --- public ---------------------------------------------------------------------------------------
@@ -237,14 +242,7 @@ class StreamingGenerator:
 
     def new_cache(self, batch: int, latent_grid: tuple[int, int]) -> IDContextCache:
         """An empty ``IDContextCache`` for this DiT, window and resolution (reused across streams)."""
-        height, width = latent_grid
-        shape = CacheShape(
-            num_layers=self.dit.config.num_layers,
-            batch=batch,
-            sink_tokens=height * width,
-            chunk_tokens=self.config.chunk_frames * height * width,
-            width=self.dit.config.width,
-        )
+        shape = cache_shape(self.dit.config, batch, latent_grid, self.config.chunk_frames)
         if self._cache is None or self._cache.shape != shape:
             self._cache = IDContextCache(self.config.cache_config(), shape, self.dtype, self.device)
         self._cache.reset()
@@ -267,23 +265,15 @@ class StreamingGenerator:
         generator = torch.Generator(self.device).manual_seed(chunk_seed(self.config.seed, c))
         shape = (batch, self.dit.config.latent_channels, cf, height, width)
         noise = torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
-        step = 0
+        on_step = None
+        if trace is not None:
+            steps = iter(range(len(self.config.timesteps)))
+            context = windows[0].num_context_chunks
 
-        def denoise(x: Tensor, t: Tensor) -> Tensor:
-            nonlocal step
+            def on_step(x: Tensor, t: Tensor, velocity: Tensor) -> None:
+                trace(DenoiseStep(c, next(steps), x.clone(), t.clone(), velocity.clone(), context))
 
-            def conditional(drop_audio: bool, drop_ref: bool) -> Tensor:
-                assert not drop_ref, "the stream guides audio only (GuidanceScales.ref = 1)"
-                audio = None if drop_audio else tokens
-                return self._forward_chunk(x.to(self.dtype), t, audio, windows, self.pattern).velocity
-
-            velocity = guided_velocity(conditional, self.guidance).float()
-            if trace is not None:
-                trace(DenoiseStep(c, step, x.clone(), t.clone(), velocity.clone(), windows[0].num_context_chunks))
-            step += 1
-            return velocity
-
-        latent = self.sampler.sample(denoise, noise, generator)
+        latent = self.rollout.sample(noise, tokens, windows, generator, on_step)
         frames = self.vae.decode_step(latent.to(self.dtype), stream.vae_state).clamp(-1.0, 1.0)
         first = self.frame_rule.first_video_frame(c)
         if stream.total_frames is not None:
@@ -294,12 +284,8 @@ class StreamingGenerator:
 
     @torch.inference_mode()
     def _write_cache(self, stream: _Stream, latent: Tensor, tokens: Tensor, windows: list[WindowKV]) -> None:
-        """The clean pass: the chunk's keys/values at t = 0 go into the cache."""
-        if not self.config.use_context_cache:
-            return  # nothing would be kept: skip the pass (the no-Context-Cache ablation)
-        times = torch.full(latent.shape[:1] + latent.shape[2:3], CLEAN_TIME, device=self.device)
-        out = self._forward_chunk(latent.to(self.dtype), times, tokens, windows, self.pattern)
-        stream.cache.write(out.kv)
+        """The clean pass: the chunk's keys/values at t = 0 go into the cache (``ChunkRollout.write``)."""
+        self.rollout.write(stream.cache, latent, tokens, windows)
 
     def _write_pending(self, stream: _Stream) -> None:
         if stream.pending_kv_write is not None:
