@@ -1,12 +1,13 @@
 """Training throughput of the three SynthTalk stages on this machine (issue 12.5; not a test).
 
-    PYTHONPATH=. python benchmarks/bench_synthtalk_train.py [--steps 300] [--out bench_train_out]
+    PYTHONPATH=. python benchmarks/bench_synthtalk_train.py [--steps 300] [--budget quick|full] [--out bench_train_out]
 
-Builds the demo's corpus (64 speakers x 3 s, 32 px, tight crops), then trains ``synthtalk_vae``,
+Builds the demo's corpus (``--budget quick``: 64 speakers x 3 s, 32 px, tight crops; ``full``: the ``full:``
+section of ``conf/demo.yaml``, as ``rest-demo budget=full`` would), then trains ``synthtalk_vae``,
 ``synthtalk_teacher`` (on that VAE's latents) and ``synthtalk_student`` (from that teacher) for ``--steps``
 each, with the demo's batch sizes, and reads each run's telemetry (``logs/metrics.csv``): steps/s,
 samples/s and the share of each step spent waiting for data, as medians over the logged steps after the
-first 20% (warm-up). It prints what the demo's budgets (``conf/demo.yaml``) cost at those rates, so the
+first 20% (warm-up). It prints what the demo's budgets (``conf/demo.yaml``, of the chosen budget) cost at those rates, so the
 budgets are measured, not guessed. Figures depend on the CPU and on what else runs: run it alone.
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from rest_lightning.cli.demo import budget_settings
 from rest_lightning.config import compose
 from rest_lightning.training import train
 
@@ -52,10 +54,13 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300, help="training steps per stage")
+    parser.add_argument("--budget", choices=["quick", "full"], default="quick", help="the demo budget to measure")
     parser.add_argument("--out", default="bench_train_out", help="working folder (cleared when this script made it)")
     args = parser.parse_args()
 
     demo = OmegaConf.load(ROOT / "conf" / "demo.yaml")
+    demo.budget = args.budget
+    demo = budget_settings(demo)
     out = Path(args.out).resolve()
     if out.exists():
         if not (out / ".bench_synthtalk_train").exists():
@@ -79,13 +84,15 @@ def main() -> None:
                                       clip, f"init_from={teacher}", f"stage.vae_checkpoint={vae}")
 
     budgets = {"vae": demo.vae_steps, "teacher": demo.teacher_steps, "student": demo.student_steps}
-    print(f"\nSynthTalk training throughput, {args.steps} steps per stage (medians after warm-up)")
+    print(f"\nSynthTalk training throughput at {demo.prep.size} px, {args.steps} steps per stage "
+          f"(medians after warm-up); budget={args.budget}")
     print(f"{'stage':<10}{'steps/s':>10}{'samples/s':>12}{'data wait':>12}{'demo steps':>12}{'demo min':>10}")
     for stage, r in results.items():
         minutes = budgets[stage] / r["steps_per_s"] / 60
         print(f"{stage:<10}{r['steps_per_s']:>10.2f}{r['samples_per_s']:>12.1f}{r['data_wait_fraction']:>12.1%}"
               f"{budgets[stage]:>12}{minutes:>10.1f}")
-    (out / "throughput.json").write_text(json.dumps({"steps": args.steps, "stages": results}, indent=2) + "\n")
+    (out / "throughput.json").write_text(json.dumps({"steps": args.steps, "budget": args.budget, "size": demo.prep.size,
+                                                        "stages": results}, indent=2) + "\n")
     print(f"wrote {out / 'throughput.json'}")
 
 

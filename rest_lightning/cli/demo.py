@@ -55,7 +55,8 @@ def _fresh_out_dir(out: Path) -> None:
     (out / MARKER).write_text("made by rest-demo: the next run clears this folder\n")
 
 
-def _settings(cfg: DictConfig) -> DictConfig:
+def budget_settings(cfg: DictConfig) -> DictConfig:
+    """The demo config of ``cfg.budget``: the top-level values, merged with ``full:`` when budget=full."""
     if cfg.budget not in BUDGETS:
         raise ConfigError(f"budget={cfg.budget!r} is not one of {', '.join(BUDGETS)}")
     settings = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "full"])
@@ -147,7 +148,7 @@ def _pooled_table(out: Path, seeds: Sequence[int]) -> Path:
 def _demo(cfg: DictConfig) -> None:
     from rest_lightning.cli.prep import run as run_prep_cli
 
-    cfg = _settings(cfg)
+    cfg = budget_settings(cfg)
     seeds = [int(s) for s in cfg.seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds={list(cfg.seeds)} must be a non-empty list of distinct training seeds")

@@ -42,6 +42,7 @@ from rest_lightning.models.vae_losses import (
 )
 from rest_lightning.stages.base import RestStage, plain_config
 from rest_lightning.stages.ema import EMA
+from rest_lightning.stages.optim import warmup_cosine
 from rest_lightning.stages.val_metrics import ValMetrics, ValMetricsConfig
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ class VAEOptimConfig:
     betas: tuple[float, float] = (0.5, 0.9)  # taming-transformers GAN betas
     weight_decay: float = 0.0
     warmup_steps: int = 1000  # design choice: linear warm-up of both learning rates
+    decay_steps: int | None = None  # the VAE's cosine after warm-up; None = trainer.max_steps - warmup_steps
+    min_lr_ratio: float = 1.0  # the cosine ends at lr * min_lr_ratio; 1.0 = constant (the SynthTalk recipe: 0.1)
     grad_clip: float | None = 1.0  # design choice: clip each optimizer's gradient norm
     ema_decay: float | None = 0.999  # design choice; None disables the EMA copy
     latent_stats_momentum: float = 0.01  # per-step EMA momentum of the latent mean/std
@@ -98,6 +101,10 @@ class VAEOptimConfig:
             raise ValueError(f"stage.optim.lr={self.lr} and stage.optim.disc_lr={self.disc_lr} must be > 0")
         if self.warmup_steps < 0:
             raise ValueError(f"stage.optim.warmup_steps={self.warmup_steps} must be >= 0")
+        if self.decay_steps is not None and self.decay_steps < 1:
+            raise ValueError(f"stage.optim.decay_steps={self.decay_steps} must be >= 1 or null")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"stage.optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         if not 0 < self.latent_stats_momentum <= 1:
             raise ValueError(f"stage.optim.latent_stats_momentum={self.latent_stats_momentum} must be in (0, 1]")
 
@@ -297,10 +304,10 @@ class VAEStage(RestStage):
         opt_vae = torch.optim.AdamW(self.vae.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         opt_disc = torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.disc_lr, betas=cfg.betas,
                                      weight_decay=cfg.weight_decay)
-        warmup = max(1, cfg.warmup_steps)
-
-        def ramp(step: int) -> float:
-            return min(1.0, (step + 1) / warmup)
-
-        return [opt_vae, opt_disc], [torch.optim.lr_scheduler.LambdaLR(opt_vae, ramp),
-                                     torch.optim.lr_scheduler.LambdaLR(opt_disc, ramp)]
+        max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+        decay = cfg.decay_steps if cfg.decay_steps is not None else max(1, max_steps - cfg.warmup_steps)
+        # The VAE warms up then follows the cosine; the discriminator, which may start late, only warms up.
+        return [opt_vae, opt_disc], [
+            torch.optim.lr_scheduler.LambdaLR(opt_vae, lambda s: warmup_cosine(s, cfg.warmup_steps, decay, cfg.min_lr_ratio)),
+            torch.optim.lr_scheduler.LambdaLR(opt_disc, lambda s: warmup_cosine(s, cfg.warmup_steps, 1, 1.0)),
+        ]

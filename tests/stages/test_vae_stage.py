@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rest_lightning.config import ConfigError, validate_train_config
+from rest_lightning.stages.optim import warmup_cosine
 from rest_lightning.training import instantiate_node, train
 
 
@@ -17,7 +18,7 @@ def vae_run(tmp_path_factory, tiny_shards):
     cfg = compose("train", [
         "experiment=tiny_vae", f"data.cfg.root={tiny_shards}", f"run_dir={run_dir}",
         "trainer.max_steps=8", "stage.loss.disc_start=4", "checkpoint.every_n_steps=4", "checkpoint.keep_last=-1",
-        "trainer.val_check_interval=8",
+        "trainer.val_check_interval=8", "stage.optim.warmup_steps=2", "stage.optim.min_lr_ratio=0.1",
     ])
     return cfg, train(cfg)
 
@@ -38,6 +39,19 @@ def test_gan_switches_on_at_disc_start_and_both_optimizers_step(vae_run):
     assert all(torch.equal(at_start["state_dict"][k], at_start["state_dict"][k]) for k in disc_keys)
     changed = [k for k in disc_keys if not torch.equal(at_start["state_dict"][k], last["state_dict"][k])]
     assert changed, "discriminator weights must change after disc_start"
+
+
+def test_vae_learning_rate_warms_up_then_follows_the_cosine_and_the_discriminator_stays_flat(vae_run):
+    cfg, result = vae_run
+    ckpts = result.run_dir / "checkpoints"
+    lr = cfg.stage.optim.lr
+    for name, steps in [("step=00000004.ckpt", 4), ("last.ckpt", 8)]:
+        vae_sched, disc_sched = torch.load(ckpts / name, weights_only=True)["lr_schedulers"]
+        expected = lr * warmup_cosine(steps, 2, 8 - 2, 0.1)  # decay_steps: null -> max_steps - warmup_steps
+        assert vae_sched["_last_lr"][0] == pytest.approx(expected), name
+    assert vae_sched["_last_lr"][0] == pytest.approx(0.1 * lr), "the cosine ends at lr * min_lr_ratio"
+    # The discriminator's warm-up counts its own steps (from disc_start = 4: 4 steps by step 8), then stays flat.
+    assert disc_sched["_last_lr"][0] == pytest.approx(cfg.stage.optim.disc_lr)
 
 
 def test_latent_statistics_travel_with_the_checkpoint(vae_run):
