@@ -86,12 +86,19 @@ class FewStepSampler:
             )
 
     @torch.no_grad()
-    def sample(self, denoise: Denoiser, noise: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``noise (B, C, F, H, W)`` at ``timesteps[0]`` -> x0 estimate, same shape and dtype."""
+    def sample(
+        self, denoise: Denoiser, noise: Tensor, generator: torch.Generator | None = None, stop_at: int | None = None
+    ) -> Tensor:
+        """``noise (B, C, F, H, W)`` at ``timesteps[0]`` -> x0 estimate, same shape and dtype. With ``stop_at``
+        = i, the noisy input of level i instead, before the model sees it (ASD's exit step; 0 gives ``noise``)."""
         levels = list(self.timesteps)
+        if stop_at is not None and not 0 <= stop_at < len(levels):
+            raise ValueError(f"stop_at={stop_at}: expected a level index in [0, {len(levels)})")
         x = noise
         x0 = noise
         for i, t in enumerate(levels):
+            if i == stop_at:
+                return x
             t_frames = _frame_times(t, x)
             x0 = x0_from_velocity(x, denoise(x, t_frames), t_frames)
             if i + 1 < len(levels):

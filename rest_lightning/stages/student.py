@@ -86,7 +86,7 @@ from rest_lightning.stages.optim import DiffusionOptimConfig, build_optimizer
 from rest_lightning.stages.stream_validation import StreamValidationConfig, validate_streams
 from rest_lightning.stages.val_metrics import SynthTalkValidation
 from rest_lightning.streaming.cache import CacheConfig, IDContextCache
-from rest_lightning.streaming.rollout import ChunkRollout, cache_shape
+from rest_lightning.streaming.rollout import ChunkRollout, cache_shape, chunk_noise
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,12 @@ class StudentLoss:
     asd: AsdOutput | None
     flow_matching: Tensor | None
     ode: Tensor | None
+
+
+def rollout_seed(generator: torch.Generator) -> int:
+    """The seed of one ASD step's rollout, drawn from the step's ``generator``: chunk c of the rollout uses
+    ``chunk_noise(seed, c)``, the noise a ``StreamingGenerator`` with ``StreamConfig.seed = seed`` uses."""
+    return int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
 
 
 class StudentStage(RestStage):
@@ -328,8 +334,8 @@ class StudentStage(RestStage):
         self, model: AudioVideoDenoiser, cond: ClipConditions, generator: torch.Generator, choices: StepChoices
     ) -> AsdOutput:
         """The ASD loss of ``model`` (the student) on ``cond`` (module doc, steps 2-4). Draws from
-        ``generator``, in order: each context chunk's noise (and sampler re-noising), the current chunk's
-        noise up to the exit step, then the teacher window's noise."""
+        ``generator``, in order: the rollout's seed (``rollout_seed``; each chunk's noise and re-noising come
+        from ``chunk_noise(seed, c)`` as in a stream with that seed), then the teacher window's noise."""
         assert self.teacher is not None, "asd_loss needs the frozen teacher (stage.asd.weight > 0)"
         cf, levels = self.chunk_frames, list(self.sampler.timesteps)
         x0 = cond.latents
@@ -341,27 +347,23 @@ class StudentStage(RestStage):
         frames = lambda c: slice(c * cf, (c + 1) * cf)  # noqa: E731  chunk c's latent frames
         ref = cond.ref if self.cache_config.use_id_sink else None
         cache, rollout = self._new_cache(x0), self._rollout(model)
+        seed = rollout_seed(generator)  # chunk c's noise = chunk_noise(seed, c): the stream's, given its seed
         outputs = []
         with torch.no_grad():
             if ref is not None:
                 cache.set_id_sink(model.dit.encode_id_sink(ref))
-            for c in range(current):  # the context chunks, rolled out as the stream makes them
+            for c in range(current + 1):  # context chunks in full, the current one up to the exit step
                 audio, windows = cond.audio[:, frames(c)], cache.read()
-                if choices.ground_truth[c]:
+                if c < current and choices.ground_truth[c]:
                     out = x0[:, :, frames(c)]
                 else:
-                    noise = torch.randn(x0[:, :, frames(c)].shape, generator=generator, device=x0.device, dtype=x0.dtype)
-                    out = rollout.sample(noise, audio, windows, generator)
-                outputs.append(out)
-                rollout.write(cache, out, audio, windows)
-            audio = cond.audio[:, frames(current)]
-            windows = cache.read()
-            x = torch.randn(x0[:, :, frames(current)].shape, generator=generator, device=x0.device, dtype=x0.dtype)
-            for i in range(choices.exit_step):
-                estimate = x0_from_velocity(x, self._chunk_velocity(model, x, levels[i], audio, windows),
-                                            torch.full((x.shape[0], cf), levels[i], device=x.device))
-                fresh = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                x = (1 - levels[i + 1]) * estimate + levels[i + 1] * fresh
+                    noise, chunk_generator = chunk_noise(seed, c, x0[:, :, frames(c)].shape, x0.device, x0.dtype)
+                    stop = choices.exit_step if c == current else None
+                    out = rollout.sample(noise, audio, windows, chunk_generator, stop_at=stop)
+                if c < current:
+                    outputs.append(out)
+                    rollout.write(cache, out, audio, windows)
+            x = out  # the current chunk's input at the exit step
         # The exit step with gradients: the ID-Sink is recomputed so the reference pathway learns too.
         if ref is not None:
             sink = model.dit.encode_id_sink(ref)

@@ -43,7 +43,7 @@ from rest_lightning.models.vae import CausalVideoVAE, VAEStreamState
 from rest_lightning.streaming.audio_buffer import AudioBuffer
 from rest_lightning.streaming.cache import CacheConfig, IDContextCache
 from rest_lightning.streaming.frames import FrameRule
-from rest_lightning.streaming.rollout import ChunkRollout, cache_shape
+from rest_lightning.streaming.rollout import ChunkRollout, cache_shape, chunk_noise
 
 logger = logging.getLogger(__name__)
 
@@ -135,11 +135,6 @@ class DenoiseStep:
 
 
 StepTrace = Callable[[DenoiseStep], None]
-
-
-def chunk_seed(seed: int, chunk: int) -> int:
-    """A 63-bit seed for chunk ``c``'s noise from ``(seed, c)`` alone (numpy's SeedSequence mixing)."""
-    return int(np.random.SeedSequence([seed, chunk]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 @dataclass
@@ -262,9 +257,8 @@ class StreamingGenerator:
         tokens = stream.audio.tokens(self.audio_encoder, c * cf, cf).to(self.dtype)
         windows = stream.cache.read()
         height, width = stream.latent_grid
-        generator = torch.Generator(self.device).manual_seed(chunk_seed(self.config.seed, c))
         shape = (batch, self.dit.config.latent_channels, cf, height, width)
-        noise = torch.randn(shape, generator=generator, device=self.device, dtype=torch.float32)
+        noise, generator = chunk_noise(self.config.seed, c, shape, self.device)
         on_step = None
         if trace is not None:
             steps = iter(range(len(self.config.timesteps)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -30,6 +31,20 @@ CLEAN_TIME = 0.0  # the clean pass writes a chunk's keys/values at flow time 0 (
 # torch.compile'd version.
 ForwardChunk = Callable[..., object]
 OnStep = Callable[[Tensor, Tensor, Tensor], None]  # (noisy latents, times, velocity) of each model call
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """A 63-bit seed for chunk ``c``'s noise from ``(seed, c)`` alone (numpy's SeedSequence mixing)."""
+    return int(np.random.SeedSequence([seed, chunk]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def chunk_noise(
+    seed: int, chunk: int, shape: Sequence[int], device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, torch.Generator]:
+    """Chunk ``c``'s starting noise and the generator its sampler re-noises from, a function of
+    ``(seed, c)`` alone: a stream and a training rollout with the same seed draw the same numbers."""
+    generator = torch.Generator(device).manual_seed(chunk_seed(seed, chunk))
+    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype), generator
 
 
 def cache_shape(config: DiTConfig, batch: int, latent_grid: tuple[int, int], chunk_frames: int) -> CacheShape:
@@ -86,9 +101,11 @@ class ChunkRollout:
         windows: Sequence[WindowKV],
         generator: torch.Generator | None,
         on_step: OnStep | None = None,
+        stop_at: int | None = None,
     ) -> Tensor:
         """Few-step denoising of ``noise (B, C, chunk_frames, h, w)`` reading ``windows``; draws the
-        sampler's re-noising from ``generator``. ``on_step`` sees every model call."""
+        sampler's re-noising from ``generator``. ``on_step`` sees every model call. ``stop_at`` = i returns
+        the noisy input of level i instead of the clean chunk (``FewStepSampler.sample``)."""
 
         def denoise(x: Tensor, t: Tensor) -> Tensor:
             v = self.velocity(x, t, audio, windows)
@@ -96,7 +113,7 @@ class ChunkRollout:
                 on_step(x, t, v)
             return v
 
-        return self.sampler.sample(denoise, noise, generator)
+        return self.sampler.sample(denoise, noise, generator, stop_at)
 
     def write(self, cache: IDContextCache, latent: Tensor, audio: Tensor, windows: Sequence[WindowKV]) -> None:
         """The clean pass: ``latent``'s keys/values at ``CLEAN_TIME``, read against ``windows`` (what the chunk

@@ -189,27 +189,3 @@ def test_bad_inputs_are_refused_with_the_fix(tiny_models) -> None:
     with pytest.raises(ValueError, match="compile=none"):
         make_generator(tiny_models, compile="default")
 
-
-@pytest.mark.parametrize("use_context_cache", [True, False])
-def test_the_training_rollout_remakes_the_stream_and_its_cache(tiny_models, use_context_cache) -> None:
-    """The student's training rollout (``ChunkRollout`` as ``StudentStage._rollout`` builds it: the DiT's own
-    ``forward_chunk``, unguided) given each chunk's noise makes the stream's latents and the same cache."""
-    from rest_lightning.streaming.generator import chunk_seed
-    from rest_lightning.streaming.rollout import ChunkRollout
-
-    stream = make_generator(tiny_models, window=2, use_context_cache=use_context_cache)
-    ref = make_ref()
-    chunks = run(stream, ref, make_audio(5 * SAMPLES_PER_LATENT, 0))
-    dit = tiny_models.dit
-    rollout = ChunkRollout(dit.forward_chunk, stream.sampler, stream.pattern, use_context_cache)
-    cache = stream.new_cache(1, chunks[0].latent.shape[3:])  # the generator's cache object, reset
-    with torch.inference_mode():  # as the stream runs (its cache buffers are inference tensors)
-        cache.set_id_sink(dit.encode_id_sink(stream.vae.encode(ref)))
-        for chunk in chunks:
-            generator = torch.Generator().manual_seed(chunk_seed(stream.config.seed, chunk.index))
-            noise = torch.randn(chunk.latent.shape, generator=generator)
-            windows = cache.read()
-            assert windows[0].num_context_chunks == (min(chunk.index, 2) if use_context_cache else 0)
-            latent = rollout.sample(noise, chunk.audio_tokens, windows, generator)
-            torch.testing.assert_close(latent, chunk.latent, rtol=0, atol=0)
-            rollout.write(cache, latent, chunk.audio_tokens, windows)
