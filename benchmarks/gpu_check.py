@@ -88,8 +88,8 @@ def _timed(fn, warmup: int, repeats: int, device: torch.device) -> list[float]:
 
 def _compose_bench(size: str, device: str, dtype: str, extra: list[str]):
     """``conf/bench.yaml`` composed as ``rest-bench size=<size> ...`` composes it."""
-    from rest_lightning.cli.generate import with_size_overrides
     from rest_lightning.config import compose
+    from rest_lightning.sizes import with_size_overrides
 
     return compose(
         "bench", with_size_overrides([f"size={size}", f"device={device}", f"dtype={dtype}", *extra])
@@ -144,7 +144,7 @@ def row_env(args: argparse.Namespace) -> dict:
 
 def row_stream(args: argparse.Namespace, size: str) -> dict:
     from rest_lightning.cli.bench import check_size
-    from rest_lightning.cli.generate import build_generator, build_models, resolution_of
+    from rest_lightning.generation import build_generator, build_models, resolution_of
     from rest_lightning.streaming.benchmark import format_report, run_benchmark
 
     cfg = _compose_bench(
@@ -176,7 +176,7 @@ def _train_inputs(cfg, batch: int, device: torch.device):
     """Latents of a ``CLIP_SECONDS`` clip at the size's resolution; returns tensors and the token count."""
     from hydra.utils import instantiate
 
-    from rest_lightning.cli.generate import check_size
+    from rest_lightning.sizes import check_size
 
     vae_config = instantiate(cfg.model.vae, _convert_="object")
     video_frames = round(CLIP_SECONDS * cfg.model.audio.fps)
@@ -314,9 +314,9 @@ def row_flops(args: argparse.Namespace, size: str) -> dict:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from rest_lightning.cli.generate import check_size
     from rest_lightning.models.dit import DiT
     from rest_lightning.models.vae import CausalVideoVAE
+    from rest_lightning.sizes import check_size
     from rest_lightning.streaming import StreamConfig
     from rest_lightning.streaming.cache import IDContextCache
     from rest_lightning.streaming.rollout import cache_shape

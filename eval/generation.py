@@ -2,7 +2,7 @@
 
 For each test item: reference = the item's reference image (center square, resized to the model's
 resolution), audio = the item's audio, streamed through ``StreamingGenerator`` exactly as
-``rest-generate`` does (``rest_lightning.cli.generate.build_models`` / ``build_generator``). The video
+``rest-generate`` does (``rest_lightning.generation.build_models`` / ``build_generator``). The video
 goes to ``<videos>/<item id>.mp4`` through a temporary file renamed when complete, so a finished
 video is never half written; on a rerun it is kept and skipped. Rank r of W generates items
 r, r + W, r + 2W, ... (rank and world from the config, else ``RANK``/``WORLD_SIZE``, else
@@ -72,8 +72,8 @@ def generate_videos(gen_cfg: DictConfig, testset: TestSet, items: Sequence[TestI
     report.skipped = [item.id for item in report.skipped]
     if not todo:
         return report
-    from rest_lightning.cli.generate import build_generator, build_models, resolution_of
     from rest_lightning.data.codecs import H264Config
+    from rest_lightning.generation import build_generator, build_models, resolution_of
     from rest_lightning.streaming.media import Mp4StreamWriter, frames_to_uint8, image_to_tensor
 
     models = build_models(gen_cfg)

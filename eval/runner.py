@@ -138,8 +138,8 @@ def systems_of(cfg: DictConfig, out: Path) -> list[System]:
 
 
 def generate_config(cfg: DictConfig, system: System) -> DictConfig:
-    from rest_lightning.cli.generate import with_size_overrides
     from rest_lightning.config import compose
+    from rest_lightning.sizes import with_size_overrides
 
     overrides = ["ref=unused", "audio=unused", f"ckpt={system.source}"]
     if cfg.vae_ckpt:

@@ -31,3 +31,21 @@ def test_rest_train_help_lists_every_experiment(capsys):
     out = capsys.readouterr().out
     for experiment in list_options("experiment"):
         assert f"  {experiment}\n" in out
+
+
+def test_help_imports_neither_torch_nor_lightning():
+    """``--help`` answers at once: no entry point imports torch or Lightning on that path (issue 13: it took
+    14-16 s). Checked in a fresh interpreter per command, by what it imported, not by timing."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib\n"
+        "for target in sys.argv[1:]:\n"
+        "    module, func = target.split(':')\n"
+        "    assert getattr(importlib.import_module(module), func)(['--help']) == 0\n"
+        "heavy = sorted(m for m in ('torch', 'lightning', 'pytorch_lightning', 'wandb') if m in sys.modules)\n"
+        "assert not heavy, f'--help imported {heavy}'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *SCRIPTS.values()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

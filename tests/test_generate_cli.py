@@ -23,6 +23,7 @@ import soundfile as sf
 import torch
 
 from data_prep.media import probe_and_decode_audio
+from rest_lightning import generation, sizes
 from rest_lightning.cli import bench as bench_cli
 from rest_lightning.cli import generate as generate_cli
 from rest_lightning.config import ConfigError
@@ -150,8 +151,8 @@ def test_weights_load_from_stage_checkpoints_by_prefix(media, tmp_path) -> None:
 
     from rest_lightning.config import compose
 
-    cfg = compose("generate", generate_cli.with_size_overrides(["ref=x", "audio=y", "stream.seed=7"]))
-    source = generate_cli.build_models(cfg)
+    cfg = compose("generate", sizes.with_size_overrides(["ref=x", "audio=y", "stream.seed=7"]))
+    source = generation.build_models(cfg)
     student = {f"ema.module.dit.{k}": v for k, v in source.dit.state_dict().items()}
     student |= {f"model.audio_encoder.{k}": v for k, v in source.audio.state_dict().items()}
     torch.save({"state_dict": student, "rest": {"stage": "student"}}, tmp_path / "student.ckpt")
@@ -160,15 +161,15 @@ def test_weights_load_from_stage_checkpoints_by_prefix(media, tmp_path) -> None:
     cfg = OmegaConf.merge(
         cfg, {"ckpt": str(tmp_path / "student.ckpt"), "vae_ckpt": str(tmp_path / "vae.ckpt"), "stream": {"seed": 8}}
     )
-    loaded = generate_cli.build_models(cfg)
+    loaded = generation.build_models(cfg)
     for a, b in ((source.dit, loaded.dit), (source.audio, loaded.audio), (source.vae, loaded.vae)):
         for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
             torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
     # The same checkpoint for a model of another config is refused, saying what does not fit.
-    other = compose("generate", generate_cli.with_size_overrides(["ref=x", "audio=y", "model.dit.width=32"]))
+    other = compose("generate", sizes.with_size_overrides(["ref=x", "audio=y", "model.dit.width=32"]))
     other = OmegaConf.merge(other, {"ckpt": str(tmp_path / "student.ckpt")})
     with pytest.raises(ConfigError, match="shape mismatch.*model config"):
-        generate_cli.build_models(other)
+        generation.build_models(other)
 
 
 def test_bench_reports_the_design_keys(tmp_path) -> None:
@@ -191,7 +192,7 @@ def test_default_prefixes_match_the_teacher_stage_layout(tiny_shards):
 
     cfg = compose("train", ["experiment=tiny_teacher", f"data.cfg.root={tiny_shards}", "stage.vae_checkpoint=null"])
     keys = list(instantiate_node(cfg.stage, "stage").state_dict())
-    prefixes = compose("generate", generate_cli.with_size_overrides(["ref=x", "audio=y"])).weights
+    prefixes = compose("generate", sizes.with_size_overrides(["ref=x", "audio=y"])).weights
     for module in ("dit", "audio"):
         for prefix in prefixes[module]:
             assert any(k.startswith(prefix) for k in keys), f"no teacher key starts with {prefix!r} ({module})"
@@ -227,12 +228,12 @@ def test_the_checkpoint_decides_models_cache_and_resolution(media, tmp_path, cap
     from rest_lightning.config import compose
 
     ckpt = _stored_student(tmp_path, resolution=32, use_id_sink=False)
-    cfg = compose("generate", generate_cli.with_size_overrides(["ref=x", "audio=y", f"ckpt={ckpt}"]))
-    models = generate_cli.build_models(cfg)
+    cfg = compose("generate", sizes.with_size_overrides(["ref=x", "audio=y", f"ckpt={ckpt}"]))
+    models = generation.build_models(cfg)
     assert models.dit.config.width == 48, "the stored DiT, not size=tiny's"
-    generator = generate_cli.build_generator(cfg, models)
+    generator = generation.build_generator(cfg, models)
     assert (generator.config.window, generator.config.use_id_sink) == (2, False), "the trained cache"
-    assert generate_cli.resolution_of(cfg, generator, models) == 32, "the trained resolution"
+    assert generation.resolution_of(cfg, generator, models) == 32, "the trained resolution"
 
     out = tmp_path / "out.mp4"
     assert generate_cli.main([f"ref={media['ref']}", f"audio={media['wav']}", f"out={out}", f"ckpt={ckpt}"]) == 0

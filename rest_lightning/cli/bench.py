@@ -16,16 +16,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from rest_lightning.cli.common import run_cli
-from rest_lightning.cli.generate import (
-    SIZE_GROUPS,
-    build_generator,
-    build_models,
-    check_size,
-    resolution_of,
-    sizes_help,
-    with_size_overrides,
-)
 from rest_lightning.config import ConfigError
+from rest_lightning.sizes import SIZE_GROUPS, check_size, sizes_help, with_size_overrides
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +39,8 @@ def bench(cfg: DictConfig) -> dict:
             f"need chunks >= 1, warmup_chunks >= 0, speedup_repeats >= 1; got {cfg.chunks}, {cfg.warmup_chunks}, "
             f"{cfg.speedup_repeats}"
         )
+    from rest_lightning.generation import build_generator, build_models, resolution_of
+
     models = build_models(cfg)
     generator = build_generator(cfg, models)
     side = resolution_of(cfg, generator, models)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from rest_lightning.checkpoint import CheckpointMismatchError
 from rest_lightning.cli.common import run_cli
 from rest_lightning.config import ConfigError
 
@@ -52,11 +51,17 @@ def _ckpt(cfg: DictConfig) -> None:
           f"stage {card.stage}, step {card.step}) and its card {str(cfg.out)[:-len('.safetensors')]}.json", flush=True)
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from rest_lightning.checkpoint import CheckpointMismatchError  # imported late: --help stays fast
+
+    return CheckpointMismatchError, ValueError
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:  # `rest-ckpt export ...` == `rest-ckpt command=export ...`
         args = [f"command={args[0]}", *args[1:]]
-    return run_cli("rest-ckpt", "ckpt", SUMMARY, _ckpt, args, extra_errors=(CheckpointMismatchError, ValueError))
+    return run_cli("rest-ckpt", "ckpt", SUMMARY, _ckpt, args, extra_errors=_user_errors)
 
 
 if __name__ == "__main__":

@@ -66,12 +66,16 @@ def run_cli(
     fn: Callable[[DictConfig], object],
     argv: Sequence[str] | None = None,
     groups: Sequence[str] = (),
-    extra_errors: tuple[type[BaseException], ...] = (),
+    extra_errors: tuple[type[BaseException], ...] | Callable[[], tuple[type[BaseException], ...]] = (),
 ) -> int:
+    """Run ``fn`` on the composed config; user errors print one line and return 2. ``extra_errors`` (or a
+    function returning them, so ``--help`` never imports torch or Lightning) count as user errors too."""
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
         print(help_text(prog, config_name, summary, groups))
         return 0
+    if callable(extra_errors):
+        extra_errors = extra_errors()
     print_cfg = "--cfg" in args
     overrides = [a for a in args if a != "--cfg"]
     bad = [a for a in overrides if a.startswith("-")]

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig
 
-from rest_lightning.checkpoint import CheckpointMismatchError
 from rest_lightning.cli.common import run_cli
 
 log = logging.getLogger(__name__)
@@ -28,11 +27,15 @@ def _train(cfg: DictConfig) -> None:
              result.global_step, result.run_dir, result.last_checkpoint)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from rest_lightning.checkpoint import CheckpointMismatchError  # imported late: --help stays fast
     from rest_lightning.telemetry import NonFiniteLossError
 
-    return run_cli("rest-train", "train", SUMMARY, _train, argv, GROUPS,
-                   extra_errors=(CheckpointMismatchError, NonFiniteLossError))
+    return CheckpointMismatchError, NonFiniteLossError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("rest-train", "train", SUMMARY, _train, argv, GROUPS, extra_errors=_user_errors)
 
 
 if __name__ == "__main__":

@@ -43,12 +43,13 @@ def eval_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def eval_checkpoints(eval_corpus) -> dict[str, Path]:
     """A freshly initialised tiny student (DiT + audio encoder under the stage prefixes) and VAE, saved
     with the rest metadata as the stages save them, plus a rest-bench style JSON."""
-    from rest_lightning.cli import generate as generate_cli
     from rest_lightning.config import compose
+    from rest_lightning.generation import build_models
+    from rest_lightning.sizes import with_size_overrides
 
     root = eval_corpus["root"]
-    cfg = compose("generate", generate_cli.with_size_overrides(["ref=x", "audio=y"]))
-    models = generate_cli.build_models(cfg)
+    cfg = compose("generate", with_size_overrides(["ref=x", "audio=y"]))
+    models = build_models(cfg)
     student = {f"ema.module.dit.{k}": v for k, v in models.dit.state_dict().items()}
     student |= {f"model.audio_encoder.{k}": v for k, v in models.audio.state_dict().items()}
     torch.save({"state_dict": student, "rest": {"stage": "student"}}, root / "student.ckpt")
