@@ -35,12 +35,17 @@ import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from rest_lightning.run_dir import TEMP_MARK
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from rest_lightning.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -405,3 +410,26 @@ def load_weights_into(
 def _listing(title: str, keys: list[str], limit: int = 20) -> str:
     more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
     return f"  {title} ({len(keys)}): " + ", ".join(keys[:limit]) + more
+
+
+def select_resume_checkpoint(cfg: DictConfig, run_dir: RunDir) -> Path | None:
+    """The checkpoint to resume, vetted as weights only (``checkpoint.vet_checkpoint``), or None.
+
+    ``resume=never`` on a run directory that already holds checkpoints is refused: a second run there
+    would write its checkpoints beside the first one's and a later ``resume=auto`` could pick either.
+    """
+    from rest_lightning.config import ConfigError
+
+    if cfg.resume == "never":
+        existing = resume_candidates(run_dir.path)
+        if existing:
+            raise ConfigError(
+                f"resume=never but run_dir={run_dir.path} already holds checkpoints ({existing[-1].name}...) of "
+                "another run. Continue it with resume=auto, or start a new run in a new run_dir=PATH."
+            )
+        return None
+    if cfg.resume == "auto":
+        return find_resume_checkpoint(run_dir.path)
+    path = Path(cfg.resume).expanduser()
+    vet_checkpoint(path, source=f"resume={path}")
+    return path

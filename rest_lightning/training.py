@@ -15,8 +15,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rest_lightning.config import ConfigError, validate_train_config
+from rest_lightning.config import ConfigError
 from rest_lightning.run_dir import RunDir
+from rest_lightning.train_config import validate_train_config
 
 log = logging.getLogger(__name__)
 
@@ -103,29 +104,6 @@ def build_callbacks(cfg: DictConfig, run_dir: RunDir) -> list[Any]:
     return callbacks
 
 
-def select_resume_checkpoint(cfg: DictConfig, run_dir: RunDir) -> Path | None:
-    """The checkpoint to resume, vetted as weights only (``checkpoint.vet_checkpoint``), or None.
-
-    ``resume=never`` on a run directory that already holds checkpoints is refused: a second run there
-    would write its checkpoints beside the first one's and a later ``resume=auto`` could pick either.
-    """
-    from rest_lightning.checkpoint import find_resume_checkpoint, resume_candidates, vet_checkpoint
-
-    if cfg.resume == "never":
-        existing = resume_candidates(run_dir.path)
-        if existing:
-            raise ConfigError(
-                f"resume=never but run_dir={run_dir.path} already holds checkpoints ({existing[-1].name}...) of "
-                "another run. Continue it with resume=auto, or start a new run in a new run_dir=PATH."
-            )
-        return None
-    if cfg.resume == "auto":
-        return find_resume_checkpoint(run_dir.path)
-    path = Path(cfg.resume).expanduser()
-    vet_checkpoint(path, source=f"resume={path}")
-    return path
-
-
 def vet_input_checkpoints(cfg: DictConfig) -> None:
     """Vet, before any stage code loads them, the files handed in through ``init_from`` and every
     ``stage.*_checkpoint`` key, so that a refusal names the key the path came from."""
@@ -185,6 +163,8 @@ def train(cfg: DictConfig) -> TrainResult:
     run_dir = RunDir.resolve(cfg)
     if is_rank_zero:
         run_dir.remove_stale_temp_files()
+    from rest_lightning.checkpoint import select_resume_checkpoint
+
     ckpt_path = select_resume_checkpoint(cfg, run_dir)
     vet_input_checkpoints(cfg)
 

@@ -7,7 +7,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rest_lightning.config import ConfigError, compose, conf_dir, list_options, validate_train_config
+from rest_lightning.config import ConfigError, compose, conf_dir, list_options
+from rest_lightning.train_config import validate_train_config
 from rest_lightning.training import instantiate_node
 
 EXPERIMENTS = list_options("experiment")

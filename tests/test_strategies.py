@@ -20,9 +20,10 @@ from rest_lightning.checkpoint import (
     is_zero_checkpoint,
     load_user_state,
 )
-from rest_lightning.config import ConfigError, compose, validate_train_config
+from rest_lightning.config import ConfigError, compose
 from rest_lightning.export import checkpoint_info, export_checkpoint
 from rest_lightning.launch.strategies import AtomicDeepSpeedStrategy, CPUDeepSpeedStrategy, build_strategy
+from rest_lightning.train_config import validate_train_config
 
 REPO = Path(__file__).resolve().parent.parent
 

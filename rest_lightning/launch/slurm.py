@@ -44,8 +44,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from rest_lightning.config import ConfigError, compose, validate_train_config
+from rest_lightning.config import ConfigError, compose
 from rest_lightning.run_dir import RunDir
+from rest_lightning.train_config import validate_train_config
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +191,7 @@ def _check_cluster_config(cfg: DictConfig) -> None:
 def _check_requeue_resume(cfg: DictConfig, run_dir: RunDir) -> None:
     """Refuse, at submission, a ``resume=never``/``resume=PATH`` that a requeue's ``resume=auto`` would
     betray by picking a checkpoint this job did not write (a run directory is one run)."""
-    from rest_lightning.checkpoint import find_resume_checkpoint
-    from rest_lightning.training import select_resume_checkpoint
+    from rest_lightning.checkpoint import find_resume_checkpoint, select_resume_checkpoint
 
     select_resume_checkpoint(cfg, run_dir)  # resume=never on a used run directory; PATH vetted as weights only
     if cfg.resume == "never":

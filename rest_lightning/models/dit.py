@@ -44,7 +44,6 @@ Names follow LTX-Video (diffusers ``LTXVideoTransformer3DModel``): ``proj_in``, 
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,8 +64,6 @@ from rest_lightning.models.attention import (
     build_chunk_plan,
 )
 from rest_lightning.models.rope import Rotary, RotaryEmbedding, grid_coords
-
-logger = logging.getLogger(__name__)
 
 NUM_MODULATIONS = 6  # shift/scale/gate for self-attention and for the MLP (AdaLN-single, PixArt-alpha)
 NUM_OUTPUT_MODULATIONS = 2  # shift/scale of the final norm (LTX-Video)
@@ -532,14 +529,3 @@ class DiT(nn.Module):
 def count_parameters(module: nn.Module) -> int:
     """Number of parameters (works on the meta device: no memory is touched)."""
     return sum(p.numel() for p in module.parameters())
-
-
-def build_dit(config: DiTConfig) -> DiT:
-    """A ``DiT`` from its config, initialised from ``config.pretrained`` (LTX-Video) when set."""
-    model = DiT(config)
-    if config.pretrained is not None:
-        from rest_lightning.models.ltx_dit_keymap import load_ltx_transformer_weights
-
-        report = load_ltx_transformer_weights(model, config.pretrained)
-        logger.info("DiT initialised from LTX-Video at %s: %s", config.pretrained, report.summary())
-    return model

@@ -9,9 +9,7 @@ get exactly the frames a whole-clip `decode` gives (DESIGN §4.1, §5).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from os import PathLike
 
 import torch
 import torch.nn as nn
@@ -55,7 +53,6 @@ __all__ = [
     "vae_tiny",
 ]
 
-logger = logging.getLogger(__name__)
 
 _KERNEL = 3  # LTX-Video: 3x3x3 conv_in / conv_out
 # Log-variance clamp of LDM / diffusers' DiagonalGaussianDistribution: keeps exp() finite.
@@ -246,17 +243,6 @@ class CausalVideoVAE(nn.Module):
         self.encoder = VideoEncoder(config)
         self.decoder = VideoDecoder(config)
         self.latent_norm = LatentNormalizer(config.latent_channels)
-
-    @classmethod
-    def from_diffusers(cls, path: str | PathLike, causal_decoder: bool | None = None) -> CausalVideoVAE:
-        """Load a local diffusers `AutoencoderKLLTXVideo` folder (config.json + safetensors) strictly.
-
-        `causal_decoder=None` keeps the folder's `decoder_causal`; True re-pads LTX-Video's non-causal
-        decoder causally (same weights; fine-tune it before streaming). See `ltx_vae_keymap`.
-        """
-        from rest_lightning.models.ltx_vae_keymap import load_ltx_vae
-
-        return load_ltx_vae(path, causal_decoder=causal_decoder)
 
     @property
     def last_decoder_layer(self) -> nn.Parameter:

@@ -29,7 +29,8 @@ from rest_lightning.diffusion.guidance import GuidanceScales
 from rest_lightning.diffusion.samplers import Denoiser
 from rest_lightning.models.attention import AttentionPattern
 from rest_lightning.models.audio import AudioConfig, AudioEncoder
-from rest_lightning.models.dit import DiTConfig, build_dit
+from rest_lightning.models.dit import DiTConfig
+from rest_lightning.models.pretrained import build_dit
 from rest_lightning.stages.conditioning import (
     AudioVideoDenoiser,
     guided_denoiser,

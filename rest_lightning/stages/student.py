@@ -69,7 +69,8 @@ from rest_lightning.diffusion.schedules import AsyncNoiseSchedule, IndependentSc
 from rest_lightning.distributed import broadcast_from_rank_zero
 from rest_lightning.models.attention import AttentionPattern, WindowKV
 from rest_lightning.models.audio import AudioConfig, AudioEncoder
-from rest_lightning.models.dit import DiTConfig, build_dit
+from rest_lightning.models.dit import DiTConfig
+from rest_lightning.models.pretrained import build_dit
 from rest_lightning.models.vae import VAEConfig
 from rest_lightning.stages.base import RestStage, plain_config
 from rest_lightning.stages.conditioning import (

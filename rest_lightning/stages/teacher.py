@@ -53,7 +53,8 @@ from rest_lightning.diffusion.samplers import EulerSampler
 from rest_lightning.diffusion.schedules import AsyncNoiseSchedule, IndependentSchedule
 from rest_lightning.models.attention import AttentionPattern
 from rest_lightning.models.audio import AudioConfig, AudioEncoder
-from rest_lightning.models.dit import DiTConfig, build_dit
+from rest_lightning.models.dit import DiTConfig
+from rest_lightning.models.pretrained import build_dit
 from rest_lightning.models.vae import VAEConfig
 from rest_lightning.stages.base import RestStage
 from rest_lightning.stages.conditioning import (

@@ -32,6 +32,7 @@ from torch import nn
 
 from rest_lightning.data.batch import ClipBatch
 from rest_lightning.models.discriminator import DiscriminatorConfig, PatchDiscriminator3D
+from rest_lightning.models.ltx_vae_keymap import load_ltx_vae
 from rest_lightning.models.vae import CausalVideoVAE, VAEConfig
 from rest_lightning.models.vae_losses import (
     adaptive_generator_weight,
@@ -134,7 +135,7 @@ class VAEStage(RestStage):
         super().__init__()
         self.automatic_optimization = not self.manual_optimization
         self.loss_config, self.optim_config = loss, optim
-        self.vae = CausalVideoVAE.from_diffusers(pretrained, causal_decoder=vae.causal_decoder) if pretrained \
+        self.vae = load_ltx_vae(pretrained, causal_decoder=vae.causal_decoder) if pretrained \
             else CausalVideoVAE(vae)
         self.discriminator = PatchDiscriminator3D(discriminator)
         self.ema = EMA(self.vae, optim.ema_decay) if optim.ema_decay is not None else None

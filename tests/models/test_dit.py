@@ -18,8 +18,9 @@ from rest_lightning.models.attention import (
     WindowKV,
     build_attention_plan,
 )
-from rest_lightning.models.dit import DiT, DiTConfig, build_dit, count_parameters
+from rest_lightning.models.dit import DiT, DiTConfig, count_parameters
 from rest_lightning.models.ltx_dit_keymap import LTXWeightsError, load_ltx_transformer_weights
+from rest_lightning.models.pretrained import build_dit
 from rest_lightning.models.rope import RotaryEmbedding, grid_coords
 
 CONF_DIT = Path(__file__).resolve().parents[2] / "conf" / "model" / "dit"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rest_lightning.checkpoint import CheckpointMismatchError
-from rest_lightning.config import ConfigError, compose, validate_train_config
+from rest_lightning.config import ConfigError, compose
 from rest_lightning.data.batch import ClipBatch
 from rest_lightning.diffusion.flow import add_noise
 from rest_lightning.diffusion.guidance import ConditionDropout, GuidanceScales
@@ -30,6 +30,7 @@ from rest_lightning.models.vae import CausalVideoVAE
 from rest_lightning.models.vae_config import vae_tiny
 from rest_lightning.stages.conditioning import ClipConditions, FrozenVAE
 from rest_lightning.stages.optim import warmup_cosine
+from rest_lightning.train_config import validate_train_config
 from rest_lightning.training import instantiate_node, train
 
 TINY = ["experiment=tiny_teacher", "data.cfg.root=unused"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rest_lightning.config import ConfigError, validate_train_config
+from rest_lightning.config import ConfigError
 from rest_lightning.stages.optim import warmup_cosine
+from rest_lightning.train_config import validate_train_config
 from rest_lightning.training import instantiate_node, train
 
 
