@@ -194,8 +194,11 @@ def _register_schemas() -> None:
         store.store(name=name, node=getattr(importlib.import_module(module), attr)())
 
 
-def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with Hydra ``key=value`` overrides.
+def compose(
+    config_name: str, overrides: list[str] | tuple[str, ...] = (), return_hydra_config: bool = False
+) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with Hydra ``key=value`` overrides (``return_hydra_config``: with
+    Hydra's own ``hydra`` node too, for ``--cfg hydra|all`` and ``--info``).
 
     Raises:
         ConfigError: unknown group option (the message lists the allowed ones), unknown key, wrong
@@ -211,7 +214,8 @@ def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> Di
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides),
+                                return_hydra_config=return_hydra_config)
             if "overrides" in cfg:
                 cfg.overrides = [o for o in overrides if not o.startswith("overrides=")]
     except (HydraException, OmegaConfBaseException) as err:

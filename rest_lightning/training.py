@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from rest_lightning.config import ConfigError
 from rest_lightning.run_dir import RunDir
 from rest_lightning.train_config import validate_train_config
+from rest_lightning.warnings_log import third_party_warnings_to
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,8 @@ def train(cfg: DictConfig) -> TrainResult:
     previous_env = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir.path)
     try:
-        return _fit(cfg, run_dir, is_rank_zero, datamodule, stage, ckpt_path)
+        with third_party_warnings_to(run_dir.logs / "warnings.log", write=is_rank_zero):
+            return _fit(cfg, run_dir, is_rank_zero, datamodule, stage, ckpt_path)
     finally:
         if previous_env is None:
             os.environ.pop(RUN_DIR_ENV, None)

@@ -49,3 +49,50 @@ def test_help_imports_neither_torch_nor_lightning():
     )
     result = subprocess.run([sys.executable, "-c", code, *SCRIPTS.values()], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_hydra_flags_are_parsed_as_hydra_spells_them():
+    from rest_lightning.cli.common import parse_args, sweep
+    from rest_lightning.config import ConfigError
+
+    parsed = parse_args(["-c", "hydra", "a=1", "--info", "-m", "b=2"])
+    assert (parsed.cfg, parsed.info, parsed.multirun, parsed.overrides) == ("hydra", True, True, ["a=1", "b=2"])
+    assert parse_args(["--cfg", "a=1"]).cfg == "job" and parse_args(["--cfg=all"]).cfg == "all"
+    with pytest.raises(ConfigError, match="unknown option '--frobnicate'"):
+        parse_args(["--frobnicate"])
+    with pytest.raises(ConfigError, match="expected one of job, hydra, all"):
+        parse_args(["--cfg=everything"])
+    assert sweep(["a=1,2", "+b=x", "c=range(0,2)", "d=[1,2]"]) == [
+        ["a=1", "+b=x", "c=0", "d=[1,2]"], ["a=1", "+b=x", "c=1", "d=[1,2]"],
+        ["a=2", "+b=x", "c=0", "d=[1,2]"], ["a=2", "+b=x", "c=1", "d=[1,2]"],
+    ]
+
+
+def test_cfg_parts_and_info(capsys):
+    from rest_lightning.cli.train import main
+
+    assert main(["experiment=tiny_vae", "--cfg", "hydra"]) == 0
+    hydra = capsys.readouterr().out
+    assert "runtime:" in hydra and "name: tiny_vae" not in hydra
+    assert main(["experiment=tiny_vae", "--cfg", "all"]) == 0
+    both = capsys.readouterr().out
+    assert "hydra:" in both and "name: tiny_vae" in both
+    assert main(["experiment=tiny_vae", "--cfg"]) == 0
+    assert "hydra:" not in capsys.readouterr().out
+    assert main(["experiment=tiny_vae", "--info"]) == 0
+    assert "experiment: tiny_vae" in capsys.readouterr().out
+
+
+def test_multirun_trains_one_job_per_setting_each_in_its_own_run_dir(tiny_shards, tmp_path, capsys):
+    from rest_lightning.cli.generate import main as generate
+    from rest_lightning.cli.train import main
+
+    args = ["--multirun", "experiment=tiny_vae", f"data.cfg.root={tiny_shards}", "trainer.max_steps=2",
+            "trainer.val_check_interval=2", "checkpoint.every_n_steps=2", "logger=none", f"run_dir={tmp_path}",
+            "seed=3,4"]
+    assert main(args) == 0
+    for job, seed in [(0, 3), (1, 4)]:
+        assert (tmp_path / str(job) / "checkpoints" / "last.ckpt").is_file()
+        assert f"seed: {seed}" in (tmp_path / str(job) / "config.yaml").read_text()
+    assert generate(["--multirun", "seed=0,1"]) == 2
+    assert "does not sweep" in capsys.readouterr().err

@@ -34,13 +34,7 @@ SR, FPS, SPF = 16000, 25, 640
 FAST = ["resolution=32", "stream.window=2"]  # tiny models at 32x32: a 4x4 latent grid
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """See tests/streaming/conftest.py: tiny models run an order of magnitude faster on one thread here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,7 @@ REAL = tuple(f"{key}_real" for key in GENERATED)
 VAL_BATCHES, BATCH_SIZE = 2, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core machine: a second intra-op thread only adds contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def val_batches(root) -> list[ClipBatch]:

@@ -144,3 +144,26 @@ def test_nonfinite_in_a_row_stops_with_a_checkpoint_resume_auto_ignores(tmp_path
     ckpt = torch.load(saved, weights_only=True)
     assert torch.isfinite(ckpt["state_dict"]["net.weight"]).all() and ckpt["rest"]["stage"] == "toy"
     assert find_resume_checkpoint(run).name == "step=00000001.ckpt", "resume=auto never picks the diverged state"
+
+
+def test_third_party_warnings_go_to_the_run_log_and_ours_to_the_console(tmp_path, monkeypatch):
+    import warnings
+
+    from rest_lightning import warnings_log
+
+    monkeypatch.delenv(warnings_log.ENV, raising=False)
+    shown = []
+    ours = str(Path(warnings_log.__file__))
+    log_file = tmp_path / "logs" / "warnings.log"
+    with warnings.catch_warnings():  # restores showwarning and the filters afterwards
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *args, **kwargs: shown.append(str(message))  # "the console"
+        with warnings_log.third_party_warnings_to(log_file):
+            warnings.warn_explicit("from a library", UserWarning, "/usr/lib/python3/dist-packages/lib.py", 3)
+            warnings.warn_explicit("from us", UserWarning, ours, 7)
+        assert shown == ["from us"]
+        assert "from a library" in log_file.read_text() and "from us" not in log_file.read_text()
+        monkeypatch.setenv(warnings_log.ENV, "console")
+        with warnings_log.third_party_warnings_to(log_file):
+            warnings.warn_explicit("shown again", UserWarning, "/usr/lib/python3/dist-packages/lib.py", 4)
+        assert shown == ["from us", "shown again"]

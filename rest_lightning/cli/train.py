@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from omegaconf import DictConfig
 
@@ -34,8 +35,22 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return CheckpointMismatchError, NonFiniteLossError
 
 
+def _multirun_jobs() -> Callable[[list[str], int], list[str]]:
+    """``--multirun``: job N of a sweep runs in ``<run_dir>/N``, where run_dir is the one given on the command
+    line or ``runs/multirun/<start time>`` (one folder for the sweep)."""
+    started = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+    def job(overrides: list[str], number: int) -> list[str]:
+        given = [o for o in overrides if o.lstrip("+").split("=", 1)[0] == "run_dir"]
+        base = given[-1].split("=", 1)[1] if given else f"runs/multirun/{started}"
+        return [o for o in overrides if o not in given] + [f"run_dir={base}/{number}"]
+
+    return job
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli("rest-train", "train", SUMMARY, _train, argv, GROUPS, extra_errors=_user_errors)
+    return run_cli("rest-train", "train", SUMMARY, _train, argv, GROUPS, extra_errors=_user_errors,
+                   multirun=_multirun_jobs())
 
 
 if __name__ == "__main__":

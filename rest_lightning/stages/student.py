@@ -70,6 +70,7 @@ from rest_lightning.distributed import broadcast_from_rank_zero
 from rest_lightning.models.attention import AttentionPattern, WindowKV
 from rest_lightning.models.audio import AudioConfig, AudioEncoder
 from rest_lightning.models.dit import DiTConfig
+from rest_lightning.models.pairing import check_pairing
 from rest_lightning.models.pretrained import build_dit
 from rest_lightning.models.vae import VAEConfig
 from rest_lightning.stages.base import RestStage, plain_config
@@ -219,10 +220,7 @@ class StudentStage(RestStage):
         validation: StreamValidationConfig | None = None,
     ) -> None:
         super().__init__()
-        if dit.latent_channels != vae.latent_channels:
-            raise ValueError(
-                f"model.dit.latent_channels={dit.latent_channels} must equal model.vae.latent_channels={vae.latent_channels}"
-            )
+        check_pairing(dit, vae, audio)
         self.dit_config, self.audio_config, self.vae_config = dit, audio, vae
         self.cache_config = cache if cache is not None else CacheConfig()
         self.chunk_frames = chunk_frames

@@ -54,6 +54,7 @@ from rest_lightning.diffusion.schedules import AsyncNoiseSchedule, IndependentSc
 from rest_lightning.models.attention import AttentionPattern
 from rest_lightning.models.audio import AudioConfig, AudioEncoder
 from rest_lightning.models.dit import DiTConfig
+from rest_lightning.models.pairing import check_pairing
 from rest_lightning.models.pretrained import build_dit
 from rest_lightning.models.vae import VAEConfig
 from rest_lightning.stages.base import RestStage
@@ -119,16 +120,7 @@ class TeacherStage(RestStage):
         metrics: ValMetricsConfig | None = None,
     ) -> None:
         super().__init__()
-        if dit.latent_channels != vae.latent_channels:
-            raise ValueError(
-                f"model.dit.latent_channels={dit.latent_channels} must equal model.vae.latent_channels="
-                f"{vae.latent_channels}: the DiT denoises this VAE's latents"
-            )
-        if audio.frames_per_latent != vae.temporal_compression:
-            raise ValueError(
-                f"model.audio.frames_per_latent={audio.frames_per_latent} must equal the VAE's temporal "
-                f"compression {vae.temporal_compression}: audio tokens are aligned to latent frames"
-            )
+        check_pairing(dit, vae, audio)
         if chunk_frames < 1:
             raise ValueError(f"stage.chunk_frames={chunk_frames} must be >= 1")
         self.dit_config, self.audio_config, self.vae_config = dit, audio, vae

@@ -39,6 +39,7 @@ from rest_lightning.diffusion.samplers import FewStepSampler
 from rest_lightning.models.attention import AttentionPattern, WindowKV
 from rest_lightning.models.audio import AudioEncoder
 from rest_lightning.models.dit import DiT
+from rest_lightning.models.pairing import check_pairing
 from rest_lightning.models.vae import CausalVideoVAE, VAEStreamState
 from rest_lightning.streaming.audio_buffer import AudioBuffer
 from rest_lightning.streaming.cache import CacheConfig, IDContextCache
@@ -329,21 +330,8 @@ class StreamingGenerator:
         )
 
     def _check_models(self, dit: DiT, vae: CausalVideoVAE, audio_encoder: AudioEncoder) -> None:
-        if dit.config.latent_channels != vae.config.latent_channels:
-            raise ValueError(
-                f"the DiT takes {dit.config.latent_channels} latent channels but the VAE makes "
-                f"{vae.config.latent_channels}: pair model/dit and model/vae of the same size"
-            )
-        if dit.config.audio_dim != audio_encoder.config.token_dim:
-            raise ValueError(
-                f"the DiT takes audio tokens of {dit.config.audio_dim} channels but the audio encoder makes "
-                f"{audio_encoder.config.token_dim}: model.audio.token_dim must equal model.dit.audio_dim"
-            )
-        if audio_encoder.config.frames_per_latent != vae.config.temporal_compression:
-            raise ValueError(
-                f"model.audio.frames_per_latent={audio_encoder.config.frames_per_latent} differs from the VAE's "
-                f"temporal compression {vae.config.temporal_compression}"
-            )
+        # Trained models keep the rotary scales they were trained with: a mismatch only warns here.
+        check_pairing(dit.config, vae.config, audio_encoder.config, rope="warn")
         if not vae.config.causal_decoder:
             raise ValueError(
                 "streaming decodes chunk by chunk and needs a causal VAE decoder (model.vae.causal_decoder=true)"

@@ -22,12 +22,7 @@ LEVELS = (1.0, 0.75, 0.5, 0.25)  # conf/stage/student.yaml sampler
 STEPS_PER_LEVEL = 2  # tiny_student_ode_init
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,9 @@ import torch
 NUM_TEST_CLIPS = 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run an order of magnitude faster on one thread on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_thread):
+    """Every test module here runs single-threaded (tests/conftest.py: one_thread)."""
 
 
 @pytest.fixture(scope="session")

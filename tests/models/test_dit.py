@@ -324,7 +324,8 @@ def test_ltx_weights_give_diffusers_block_and_model_outputs(ltx_folder: Path) ->
             num_frames=frames,
             height=H,
             width=W,
-            rope_interpolation_scale=(0.32, 32.0, 32.0),
+            rope_interpolation_scale=(ours.config.rope_time_scale, ours.config.rope_space_scale,
+                                      ours.config.rope_space_scale),
             return_dict=False,
         )[0]
         got = ours(latents, t, audio, None, AttentionPattern.bidirectional())

@@ -23,12 +23,7 @@ TINY = ["experiment=tiny_student_dmd", "data.cfg.root=unused"]
 CHANNELS, GRID = 8, (4, 4)  # vae_tiny latents on 32x32 clips
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_stage(*overrides: str) -> StudentDMDStage:

@@ -29,12 +29,7 @@ LEVELS = (1.0, 0.75, 0.5, 0.25)  # conf/stage/student.yaml sampler
 ABLATIONS = ("student_no_sink", "student_no_context", "student_no_asd")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_stage(*overrides: str) -> StudentStage:

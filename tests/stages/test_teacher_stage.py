@@ -37,13 +37,7 @@ TINY = ["experiment=tiny_teacher", "data.cfg.root=unused"]
 LATENT_SHAPE = (8, 3, 4, 4)  # vae_tiny on 32x32 clips of 17 frames: C, F, h, w
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared 2-core machine: a second intra-op thread only adds contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny_stage(*overrides: str):

@@ -24,14 +24,9 @@ def model_config(group: str, name: str, **overrides):
     return dataclasses.replace(instantiate(OmegaConf.load(CONF_MODEL / group / f"{name}.yaml")), **overrides)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP's spinning
-    threads slow them down by an order of magnitude; restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_thread):
+    """Every test module here runs single-threaded (tests/conftest.py: one_thread)."""
 
 
 @dataclasses.dataclass
