@@ -6,7 +6,9 @@ reference image of one of its clips and ``stream_seconds`` of new speech in its 
 those into a video of the same length:
 
 - ``ground truth``: the face rendered for that audio (``ClipTruth.frames_for_audio``), the ceiling;
-- ``ground truth through the VAE``: that video encoded and decoded (the VAE's ceiling on the others);
+- ``ground truth through the VAE (clips)``: that video encoded and decoded in independent clips of the
+  training length (the VAE's ceiling on the teacher's clips), and ``(streamed)``: in one causal pass, as a
+  stream decodes (the ceiling on the streamed rows);
 - ``teacher (clips)``: the bidirectional teacher sampled non-streaming on independent clips of the
   training length (Euler, audio guidance), concatenated;
 - any number of streamed rows: a teacher or student checkpoint streamed through the ID-Context Cache
@@ -140,15 +142,26 @@ def truth_row(speaker: Speaker) -> Tensor:
     return _to_unit(speaker.truth)
 
 
-def vae_row(vae: CausalVideoVAE) -> Row:
-    """The ground truth encoded and decoded (the first ``1 + 8k`` frames)."""
+def vae_row(vae: CausalVideoVAE, clip_latents: int | None = None) -> Row:
+    """The ground truth encoded and decoded: in one causal pass over the whole video (``clip_latents=None``:
+    what a stream's chunk-by-chunk decode gives, ``CausalVideoVAE.decode_step`` being that pass cut in
+    pieces), or in independent clips of ``1 + 8 clip_latents`` frames, the training length, as the teacher's
+    clips are decoded. The two differ: a VAE trained on short clips leans on each clip's first frame, and
+    frames far from any clip start come out blurred (docs/synthtalk.md)."""
+    step = vae.config.temporal_compression
+
+    @torch.no_grad()
+    def codec(video: Tensor) -> Tensor:
+        return vae.decode(vae.encode(video.permute(1, 0, 2, 3)[None])).clamp(-1, 1)[0].permute(1, 0, 2, 3)
 
     @torch.no_grad()
     def row(speaker: Speaker) -> Tensor:
         frames = _to_unit(speaker.truth)
-        usable = 1 + (frames.shape[0] - 1) // vae.config.temporal_compression * vae.config.temporal_compression
-        video = frames[:usable].permute(1, 0, 2, 3)[None]
-        return vae.decode(vae.encode(video)).clamp(-1, 1)[0].permute(1, 0, 2, 3)
+        if clip_latents is None:
+            return codec(frames[: 1 + (frames.shape[0] - 1) // step * step])
+        clip_frames = 1 + clip_latents * step
+        count = frames.shape[0] // clip_frames
+        return torch.cat([codec(frames[i * clip_frames : (i + 1) * clip_frames]) for i in range(count)])
 
     return row
 
@@ -437,7 +450,11 @@ def run(cfg: Any) -> dict[str, dict[str, Estimate]]:
     calibration = calibrate(clips)
     speakers = held_out_speakers(clips, settings.stream_seconds, settings.seed, limit=cfg.max_items or 0)
     vae = load_vae(cfg.vae_ckpt)
-    rows: dict[str, Row] = {"ground truth": truth_row, "ground truth through the VAE": vae_row(vae)}
+    rows: dict[str, Row] = {
+        "ground truth": truth_row,
+        "ground truth through the VAE (clips)": vae_row(vae, settings.latent_frames),
+        "ground truth through the VAE (streamed)": vae_row(vae),
+    }
     truth_rows = list(rows)
     for name, path in (cfg.ckpts or {}).items():
         model = load_denoiser(path, key=f"ckpts.{name}")

@@ -22,7 +22,8 @@ def test_demo_runs_every_step_and_writes_its_outputs(tmp_path, capsys):
         assert (evaluation / name).stat().st_size > 0, name
         assert str(evaluation / name) in printed, f"{name} is not among the printed paths"
     table = (evaluation / "table.md").read_text()
-    for row in ("ground truth", "ground truth through the VAE", "teacher (clips)", "student (streamed)"):
+    for row in ("ground truth", "ground truth through the VAE (clips)", "ground truth through the VAE (streamed)",
+                "teacher (clips)", "student (streamed)"):
         assert f"| {row} |" in table
     assert table.splitlines()[0] in printed, "the table is printed"
     assert (out / "latents" / "manifest.json").exists(), "stages 2-3 read the VAE's latents"

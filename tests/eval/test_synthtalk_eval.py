@@ -120,10 +120,12 @@ def test_rest_eval_synthtalk_writes_table_plot_and_side_by_side(stored, eval_cor
     assert code == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
-    assert list(rows) == ["ground truth", "ground truth through the VAE", "teacher (clips)", "student (streamed)"]
+    assert list(rows) == ["ground truth", "ground truth through the VAE (clips)", "ground truth through the VAE (streamed)",
+                          "teacher (clips)", "student (streamed)"]
     assert rows["ground truth"]["sync_r"]["mean"] >= 0.85  # 32 px (see above)
     # Random networks make colour noise: no lip-sync, far from the reference, PSNR only where defined.
-    for row in ("ground truth through the VAE", "teacher (clips)", "student (streamed)"):
+    for row in ("ground truth through the VAE (clips)", "ground truth through the VAE (streamed)", "teacher (clips)",
+                "student (streamed)"):
         assert rows[row]["sync_r"]["mean"] < 0.5, row
         assert rows[row]["identity"]["mean"] > results["identity_calibration"]["same_p95"], row
     assert np.isfinite(rows["teacher (clips)"]["psnr"]["mean"])
