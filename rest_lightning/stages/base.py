@@ -44,6 +44,11 @@ class RestStage(L.LightningModule):
         """Plain (JSON-able) config that defines the architecture; stored in every checkpoint."""
         raise NotImplementedError(f"{type(self).__name__} must define identity_config()")
 
+    def total_steps(self) -> int:
+        """The optimizer steps the run will take: ``trainer.max_steps``, else Lightning's estimate from the
+        epochs (what a learning-rate schedule spans)."""
+        return self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
+
     def tokens_per_sample(self, batch: Any) -> int | None:
         """Tokens the main model processes per sample of ``batch`` (telemetry's train/tokens_per_s);
         None when the notion does not apply."""

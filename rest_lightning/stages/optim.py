@@ -50,6 +50,16 @@ def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: 
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def warmup_cosine_scheduler(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, decay_steps: int | None, min_lr_ratio: float, max_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """``warmup_cosine`` as a per-step scheduler; ``decay_steps=None`` spans ``max_steps - warmup_steps``."""
+    decay = decay_steps if decay_steps is not None else max(1, max_steps - warmup_steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup_steps, decay, min_lr_ratio)
+    )
+
+
 def build_optimizer(
     params: Iterable[torch.nn.Parameter], cfg: DiffusionOptimConfig, max_steps: int
 ) -> dict[str, Any]:
@@ -59,10 +69,7 @@ def build_optimizer(
     optimizer = torch.optim.AdamW(
         trainable, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
     )
-    decay = cfg.decay_steps if cfg.decay_steps is not None else max(1, max_steps - cfg.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, decay, cfg.min_lr_ratio)
-    )
+    scheduler = warmup_cosine_scheduler(optimizer, cfg.warmup_steps, cfg.decay_steps, cfg.min_lr_ratio, max_steps)
     return {
         "optimizer": optimizer,
         "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},

@@ -537,8 +537,7 @@ class StudentStage(RestStage):
         )
 
     def configure_optimizers(self) -> Any:
-        max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
-        return build_optimizer(self.model.parameters(), self.optim_config, max_steps)
+        return build_optimizer(self.model.parameters(), self.optim_config, self.total_steps())
 
 
 def student_from_teacher_state(stage: StudentStage, teacher_model: AudioVideoDenoiser) -> None:

@@ -232,8 +232,7 @@ class StudentDMDStage(StudentStage):
         self.log("train/skipped_samples", float(batch.skipped), reduce_fx="sum", batch_size=size)
 
     def configure_optimizers(self) -> Any:
-        max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
-        generator = build_optimizer(self.model.parameters(), self.optim_config, max_steps)
+        generator = build_optimizer(self.model.parameters(), self.optim_config, self.total_steps())
         cfg, optim = self.dmd, self.optim_config
         trainable = [p for p in self.critic.parameters() if p.requires_grad]
         critic = torch.optim.AdamW(trainable, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)

@@ -301,9 +301,4 @@ class TeacherStage(RestStage):
     # --- optimizer ----------------------------------------------------------------------------
 
     def configure_optimizers(self) -> Any:
-        max_steps = (
-            self.trainer.max_steps
-            if self.trainer.max_steps > 0
-            else int(self.trainer.estimated_stepping_batches)
-        )
-        return build_optimizer(self.model.parameters(), self.optim_config, max_steps)
+        return build_optimizer(self.model.parameters(), self.optim_config, self.total_steps())

@@ -43,7 +43,7 @@ from rest_lightning.models.vae_losses import (
 )
 from rest_lightning.stages.base import RestStage, plain_config
 from rest_lightning.stages.ema import EMA
-from rest_lightning.stages.optim import warmup_cosine
+from rest_lightning.stages.optim import warmup_cosine_scheduler
 from rest_lightning.stages.val_metrics import ValMetrics, ValMetricsConfig
 
 log = logging.getLogger(__name__)
@@ -305,10 +305,8 @@ class VAEStage(RestStage):
         opt_vae = torch.optim.AdamW(self.vae.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         opt_disc = torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.disc_lr, betas=cfg.betas,
                                      weight_decay=cfg.weight_decay)
-        max_steps = self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
-        decay = cfg.decay_steps if cfg.decay_steps is not None else max(1, max_steps - cfg.warmup_steps)
         # The VAE warms up then follows the cosine; the discriminator, which may start late, only warms up.
         return [opt_vae, opt_disc], [
-            torch.optim.lr_scheduler.LambdaLR(opt_vae, lambda s: warmup_cosine(s, cfg.warmup_steps, decay, cfg.min_lr_ratio)),
-            torch.optim.lr_scheduler.LambdaLR(opt_disc, lambda s: warmup_cosine(s, cfg.warmup_steps, 1, 1.0)),
+            warmup_cosine_scheduler(opt_vae, cfg.warmup_steps, cfg.decay_steps, cfg.min_lr_ratio, self.total_steps()),
+            warmup_cosine_scheduler(opt_disc, cfg.warmup_steps, 1, 1.0, self.total_steps()),
         ]
