@@ -143,8 +143,8 @@ def row_env(args: argparse.Namespace) -> dict:
 
 
 def row_stream(args: argparse.Namespace, size: str) -> dict:
-    from rest_lightning.cli.bench import check_size
     from rest_lightning.generation import build_generator, build_models, resolution_of
+    from rest_lightning.sizes import check_size
     from rest_lightning.streaming.benchmark import format_report, run_benchmark
 
     cfg = _compose_bench(

@@ -119,7 +119,7 @@ def sweep(overrides: Sequence[str]) -> list[list[str]]:
 
 
 def _info(cfg: DictConfig, config_name: str, overrides: Sequence[str]) -> str:
-    choices = OmegaConf.to_container(cfg.hydra.runtime.choices) if "hydra" in cfg else {}
+    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)  # composed with return_hydra_config
     lines = [f"Config directory: {conf_dir()}", f"Config name: {config_name}.yaml", "", "Group choices:"]
     lines += [f"  {group}: {choice}" for group, choice in sorted(choices.items()) if not group.startswith("hydra")]
     lines += ["", "Overrides:", *(f"  {o}" for o in overrides or ["(none)"])]
@@ -160,9 +160,7 @@ def run_cli(
                 print(_info(cfg, config_name, invocation.overrides))
             elif invocation.cfg == "hydra":
                 print(OmegaConf.to_yaml(cfg.hydra))
-            else:
-                if invocation.cfg == "job" and "hydra" in cfg:
-                    del cfg["hydra"]
+            else:  # job: composed without the hydra node; all: with it
                 print(OmegaConf.to_yaml(cfg))
             return 0
         if not invocation.multirun:
