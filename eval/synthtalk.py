@@ -167,9 +167,10 @@ def vae_row(vae: CausalVideoVAE, clip_latents: int | None = None) -> Row:
 
 
 def teacher_clips_row(teacher: StoredDenoiser, vae: CausalVideoVAE, clip_latents: int, steps: int,
-                      audio_guidance: float, seed: int) -> Row:
+                      audio_guidance: float, seed: int, seconds: float = 0.0) -> Row:
     """The teacher sampled on independent clips of ``1 + 8 clip_latents`` frames (``data.cfg.latent_frames``'s
-    convention: the training clip length), concatenated."""
+    convention: the training clip length), concatenated, over the first ``seconds`` of the speech (0: all of
+    it). Independent clips cannot drift, so a shorter span costs nothing in what the row measures."""
     scales = GuidanceScales(audio=audio_guidance, ref=1.0)
     pattern = AttentionPattern.bidirectional()
 
@@ -178,7 +179,10 @@ def teacher_clips_row(teacher: StoredDenoiser, vae: CausalVideoVAE, clip_latents
         spf = teacher.audio.config.samples_per_video_frame
         latent_frames = 1 + clip_latents
         clip_frames = 1 + clip_latents * vae.config.temporal_compression
-        count = len(speaker.audio) // spf // clip_frames
+        frames = len(speaker.audio) // spf
+        if seconds:
+            frames = min(frames, round(seconds * teacher.audio.config.fps))
+        count = frames // clip_frames
         audio = torch.from_numpy(speaker.audio[: count * clip_frames * spf]).view(count, clip_frames * spf)
         tokens = teacher.audio(audio, latent_frames)
         ref = vae.encode(_ref_tensor(speaker)).expand(count, -1, -1, -1, -1)
@@ -309,7 +313,7 @@ def summarise(scores: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, 
     }
 
 
-def pool_seeds(per_seed: dict[int, dict[str, list[dict[str, float]]]]) -> dict[str, list[dict[str, float]]]:
+def pool_seeds(per_seed: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, list[dict[str, float]]]:
     """Every seed's per-speaker scores of a row in one list (rows missing from a seed are refused)."""
     rows = list(next(iter(per_seed.values())))
     for seed, table in per_seed.items():
@@ -318,17 +322,36 @@ def pool_seeds(per_seed: dict[int, dict[str, list[dict[str, float]]]]) -> dict[s
     return {row: [s for table in per_seed.values() for s in table[row]] for row in rows}
 
 
-def seed_table_markdown(per_seed: dict[int, dict[str, list[dict[str, float]]]], key: str = "sync_r") -> str:
+def seed_table_markdown(per_seed: dict[str, dict[str, list[dict[str, float]]]], key: str = "sync_r") -> str:
     """One column per seed (the mean over its speakers), then the mean and standard deviation over seeds."""
     header = dict((k, h) for k, h, _ in COLUMNS)[key]
     seeds = list(per_seed)
-    lines = [f"| row | {' | '.join(f'seed {s}' for s in seeds)} | mean over seeds | std over seeds |",
+    lines = [f"| row | {' | '.join(seeds)} | mean over seeds | std over seeds |",
              "|" + "---|" * (len(seeds) + 3)]
     for row in next(iter(per_seed.values())):
         means = np.array([np.mean([s[key] for s in per_seed[seed][row]]) for seed in seeds])
         cells = " | ".join(f"{m:.2f}" for m in means)
         lines.append(f"| {row} | {cells} | {means.mean():.2f} | {means.std(ddof=1) if len(seeds) > 1 else 0:.2f} |")
     return f"{header} per seed (mean over test speakers):\n\n" + "\n".join(lines) + "\n"
+
+
+def pool_runs(runs: dict[str, Path], out: Path) -> Path:
+    """``out/table.md`` pooled over training seeds: ``runs`` maps a label (``seed 0``) to the folder one
+    ``rest-eval protocol=synthtalk_v1`` wrote for that seed's models (its ``scores.json`` and ``results.json``);
+    every run must score the same rows on the same test speakers. Then lip-sync r seed by seed."""
+    per_seed, speakers, calibration = {}, None, None
+    for label, folder in runs.items():
+        scores = json.loads((Path(folder) / "scores.json").read_text())
+        if speakers is not None and scores["speakers"] != speakers:
+            raise ValueError(f"{folder}: its test speakers differ from {next(iter(runs.values()))}'s")
+        speakers, per_seed[label] = scores["speakers"], scores["rows"]
+        calibration = calibration or json.loads((Path(folder) / "results.json").read_text())["identity_calibration"]
+    note = (f"Pooled over {len(runs)} training seeds ({', '.join(runs)}; all stages retrained per seed) and "
+            f"{len(speakers)} held-out test speakers; intervals resample (seed, speaker) pairs.")
+    out.mkdir(parents=True, exist_ok=True)
+    table = table_markdown(summarise(pool_seeds(per_seed)), calibration, note)
+    (out / "table.md").write_text(table + "\n" + seed_table_markdown(per_seed))
+    return out / "table.md"
 
 
 def table_markdown(summary: dict[str, dict[str, Estimate]], calibration: dict[str, float], note: str) -> str:
@@ -403,11 +426,12 @@ def write_mouth_plot(path: Path, speaker: Speaker, scores: dict[str, SpeakerScor
 
 def write_side_by_side(path: Path, videos: Sequence[Tensor], audio: np.ndarray, fps: int, sample_rate: int,
                        scale: int = 4) -> None:
-    """Videos ``(T, 3, H, W)`` side by side (shortest length), upscaled ``scale``x, with the audio."""
+    """Videos ``(T, 3, H, W)`` side by side, upscaled ``scale``x, with the audio; as long as the longest, a
+    shorter one (the teacher's clips cover ``teacher_seconds``) grey after its end."""
     from rest_lightning.data.codecs import encode_mp4
 
-    n = min(v.shape[0] for v in videos)
-    frames = torch.cat([v[:n] for v in videos], dim=-1)
+    n = max(v.shape[0] for v in videos)
+    frames = torch.cat([torch.nn.functional.pad(v, (0, 0, 0, 0, 0, 0, 0, n - v.shape[0])) for v in videos], dim=-1)
     frames = torch.nn.functional.interpolate(frames, scale_factor=scale, mode="nearest")
     uint8 = ((frames.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     spf = sample_rate // fps
@@ -428,6 +452,8 @@ class SynthTalkSettings:
     teacher_steps: int = 20  # Euler steps of the non-streaming teacher rows
     audio_guidance: float = 3.5  # the teacher stage's validation guidance
     latent_frames: int = 2  # teacher clips of 1 + 8 x latent_frames frames (data.cfg.latent_frames: training length)
+    teacher_seconds: float = 20.0  # the teacher's clips cover this much of the speech (0: all); independent clips
+                                   # cannot drift, and at 48 px the whole 60 s took 8 of the evaluation's 14 min
     plot_seconds: float = 10.0  # the mouth plot's span
     side_by_side: bool = True  # side_by_side.mp4 of the first test speaker: every row, with the audio
 
@@ -460,7 +486,8 @@ def run(cfg: Any) -> dict[str, dict[str, Estimate]]:
         model = load_denoiser(path, key=f"ckpts.{name}")
         if model.stage == "teacher":
             rows[f"{name} (clips)"] = teacher_clips_row(model, vae, settings.latent_frames, settings.teacher_steps,
-                                                         settings.audio_guidance, settings.seed)
+                                                         settings.audio_guidance, settings.seed,
+                                                         settings.teacher_seconds)
             truth_rows.append(f"{name} (clips)")
         else:
             rows[f"{name} (streamed)"] = stream_row(model, vae, settings.seed)

@@ -131,18 +131,9 @@ def _train_and_score(cfg: DictConfig, seed: int, shards: Path, out: Path, tag: s
 
 def _pooled_table(out: Path, seeds: Sequence[int]) -> Path:
     """``out/synthtalk/table.md``: every seed's speakers pooled per row, then lip-sync r seed by seed."""
-    import json
+    from eval.synthtalk import pool_runs
 
-    from eval.synthtalk import pool_seeds, seed_table_markdown, summarise, table_markdown
-
-    evaluation = out / "synthtalk"
-    per_seed = {s: json.loads((evaluation / f"seed{s}" / "scores.json").read_text())["rows"] for s in seeds}
-    calibration = json.loads((evaluation / f"seed{seeds[0]}" / "results.json").read_text())["identity_calibration"]
-    note = (f"Pooled over {len(seeds)} training seeds ({', '.join(map(str, seeds))}; all stages retrained per seed) "
-            "and the held-out test speakers; intervals resample (seed, speaker) pairs.")
-    table = table_markdown(summarise(pool_seeds(per_seed)), calibration, note)
-    (evaluation / "table.md").write_text(table + "\n" + seed_table_markdown(per_seed))
-    return evaluation / "table.md"
+    return pool_runs({f"seed {s}": out / "synthtalk" / f"seed{s}" for s in seeds}, out / "synthtalk")
 
 
 def _demo(cfg: DictConfig) -> None:

@@ -4,6 +4,7 @@
         eval.weights.fid_inception=... eval.weights.i3d=... eval.weights.syncnet=... eval.weights.arcface=... \
         eval.weights.lpips_alex=... bench={rest:bench.json} out=eval_hdtf
     rest-eval mode=table results=[eval_hdtf/results.json,eval_mead/results.json] out=tables
+    rest-eval mode=table protocol=synthtalk_v1 results=[seed0,seed1,seed2] out=pooled   # one folder per seed
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -94,6 +96,7 @@ def run(cfg: DictConfig) -> Any:
     from eval.protocol import ProtocolError
     from eval.runner import render_tables, run_eval
     from eval.synthtalk import PROTOCOL as SYNTHTALK
+    from eval.synthtalk import pool_runs
     from eval.synthtalk import run as run_synthtalk
     from rest_lightning.stored_models import StoredModelError
 
@@ -103,6 +106,13 @@ def run(cfg: DictConfig) -> Any:
     try:
         if cfg.protocol == SYNTHTALK and cfg.mode == "run":
             return run_synthtalk(cfg)
+        if cfg.protocol == SYNTHTALK:  # mode=table: one rest-eval out folder per training seed, pooled
+            if not cfg.results:
+                raise ConfigError("protocol=synthtalk_v1 mode=table needs results=[DIR,...]: the out folders of "
+                                  "one synthtalk_v1 run per training seed")
+            table = pool_runs({Path(p).name: Path(p) for p in cfg.results}, Path(cfg.out))
+            print(table.read_text())
+            return table
         return run_eval(cfg) if cfg.mode == "run" else render_tables(cfg)
     except (ManifestError, ProtocolError, StoredModelError, FileNotFoundError, ValueError, TimeoutError) as err:
         raise ConfigError(str(err)) from None
@@ -110,8 +120,6 @@ def run(cfg: DictConfig) -> Any:
 
 def vet_eval_checkpoints(cfg: DictConfig) -> None:
     """Refuse, before any work, a ``ckpts.NAME`` or ``vae_ckpt`` file that is not weights only."""
-    from pathlib import Path
-
     from rest_lightning.checkpoint import CheckpointMismatchError, vet_checkpoint
 
     paths = {f"ckpts.{name}": path for name, path in (cfg.ckpts or {}).items()} | {"vae_ckpt": cfg.vae_ckpt}

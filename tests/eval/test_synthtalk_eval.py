@@ -13,6 +13,7 @@ import torch
 from hydra.utils import instantiate
 
 from eval.synthtalk import (
+    COLUMNS,
     bootstrap,
     calibrate,
     evaluate,
@@ -115,7 +116,7 @@ def test_rest_eval_synthtalk_writes_table_plot_and_side_by_side(stored, eval_cor
     code = eval_main([
         f"testset={eval_corpus['shards']}", "protocol=synthtalk_v1", f"out={out}", f"vae_ckpt={stored['vae']}",
         f"ckpts={{teacher: '{stored['teacher']}', student: '{stored['student']}'}}", "max_items=2",
-        "synthtalk.stream_seconds=3", "synthtalk.teacher_steps=2",
+        "synthtalk.stream_seconds=3", "synthtalk.teacher_steps=2", "synthtalk.teacher_seconds=1",
     ])
     assert code == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
@@ -136,6 +137,37 @@ def test_rest_eval_synthtalk_writes_table_plot_and_side_by_side(stored, eval_cor
     frames = decode_mp4((out / "side_by_side.mp4").read_bytes())
     size = 32 * 4  # upscaled 4x
     assert frames.shape[1:] == (size, size * len(rows), 3) and frames.shape[0] >= 3 * 25 - 8
+    # The teacher's clips cover teacher_seconds=1 (one 17-frame clip): its column is grey after that, the
+    # streams go on to the end.
+    teacher_column = frames[:, :, 3 * size : 4 * size].astype(int)
+    assert np.abs(teacher_column[-1] - 128).max() <= 3 and np.abs(teacher_column[5] - 128).mean() > 3
+
+
+def _seed_run(folder: Path, speakers: list[str], sync_r: list[float]) -> Path:
+    """The two files one synthtalk_v1 run writes that pooling reads, with chosen lip-sync per speaker."""
+    folder.mkdir(parents=True)
+    scores = [{key: 0.0 for key, _, _ in COLUMNS} | {"sync_r": r} for r in sync_r]
+    (folder / "scores.json").write_text(json.dumps({"speakers": speakers, "rows": {"student (streamed)": scores}}))
+    (folder / "results.json").write_text(json.dumps({"identity_calibration": {"same_p95": 0.06, "different_p5": 0.4}}))
+    return folder
+
+
+def test_rest_eval_pools_synthtalk_runs_over_seeds(tmp_path, capsys):
+    seed0 = _seed_run(tmp_path / "seed0", ["a", "b"], [0.2, 0.4])
+    seed1 = _seed_run(tmp_path / "seed1", ["a", "b"], [0.6, 0.8])
+    code = eval_main(["mode=table", "protocol=synthtalk_v1", f"results=[{seed0},{seed1}]", f"out={tmp_path / 'pooled'}"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    table = (tmp_path / "pooled" / "table.md").read_text()
+    assert table.strip() in printed.out
+    assert "| student (streamed) | 0.50 [" in table  # the mean of the four (seed, speaker) pairs
+    assert "| row | seed0 | seed1 | mean over seeds | std over seeds |" in table
+    assert "| student (streamed) | 0.30 | 0.70 | 0.50 | 0.28 |" in table  # std with ddof 1: 0.4 / sqrt(2)
+
+    other = _seed_run(tmp_path / "other", ["a", "c"], [0.1, 0.2])
+    code = eval_main(["mode=table", "protocol=synthtalk_v1", f"results=[{seed0},{other}]", f"out={tmp_path / 'x'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "test speakers differ" in err and "Traceback" not in err
 
 
 def test_rest_eval_synthtalk_needs_a_vae_and_ground_truth(eval_corpus, tmp_path, capsys):
