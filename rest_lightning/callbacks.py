@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -138,3 +138,23 @@ class PlainProgressLog(L.Callback):
         if trainer.is_global_zero:
             total = trainer.max_steps if trainer.max_steps > 0 else "?"
             log.info("step %d/%s %s (%.2f steps/s)", step, total, metrics, rate)
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's Rich bar counted in optimizer steps: ``step 120/2000`` against ``trainer.max_steps``
+    (the stages train by step count in one endless epoch, where the stock bar reads ``Epoch 0/-2`` and
+    counts batches of that epoch), continuing from the checkpoint's step on resume."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "train"
+
+    @property
+    def total_train_batches(self) -> int | float:
+        steps = self.trainer.max_steps
+        return steps if steps and steps > 0 else super().total_train_batches
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._update(self.train_progress_bar_id, trainer.global_step)
+        self.refresh()

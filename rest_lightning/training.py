@@ -85,9 +85,15 @@ def build_logger(cfg: DictConfig, run_dir: RunDir) -> Any:
 
 
 def build_callbacks(cfg: DictConfig, run_dir: RunDir) -> list[Any]:
-    from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from rest_lightning.callbacks import PlainProgressLog, RunCheckpoint, RunProvenance, StepSeed
+    from rest_lightning.callbacks import (
+        PlainProgressLog,
+        RunCheckpoint,
+        RunProvenance,
+        StepProgressBar,
+        StepSeed,
+    )
     from rest_lightning.run_dir import git_sha
     from rest_lightning.telemetry import NonFiniteGuard, Telemetry
 
@@ -101,7 +107,7 @@ def build_callbacks(cfg: DictConfig, run_dir: RunDir) -> list[Any]:
         callbacks.append(Telemetry(cfg.telemetry.peak_flops, cfg.trainer.log_every_n_steps))
     if cfg.logger.kind != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    callbacks.append(RichProgressBar() if _interactive() else PlainProgressLog(cfg.trainer.log_every_n_steps))
+    callbacks.append(StepProgressBar() if _interactive() else PlainProgressLog(cfg.trainer.log_every_n_steps))
     return callbacks
 
 

@@ -225,8 +225,8 @@ class VAEStage(RestStage):
         if self.ema is not None:
             self.ema.update(self.vae)
         self._update_latent_stats(out.posterior.mode().detach())
-        self.log_dict({"train/loss": loss.detach(), **{k: v.detach() for k, v in logs.items()}},
-                      prog_bar=False, batch_size=video.shape[0])
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=video.shape[0])
+        self.log_dict({k: v.detach() for k, v in logs.items()}, batch_size=video.shape[0])
         self.log("train/gan_on", float(gan_on), batch_size=video.shape[0])
 
     @torch.no_grad()
