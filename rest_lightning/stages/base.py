@@ -49,6 +49,13 @@ class RestStage(L.LightningModule):
         epochs (what a learning-rate schedule spans)."""
         return self.trainer.max_steps if self.trainer.max_steps > 0 else int(self.trainer.estimated_stepping_batches)
 
+    def logged_step(self) -> int:
+        """The step Lightning stamps on the metrics this stage logs now: the validation after the 8th
+        optimizer step logs at step 7 (its loop counts the steps taken before this batch's). Media written
+        by hand (validation videos, drift curves, their file names) use it too, so each validation's videos
+        and metrics share one point on W&B's and metrics.csv's step axis."""
+        return int(self.trainer.fit_loop.epoch_loop._batches_that_stepped)
+
     def tokens_per_sample(self, batch: Any) -> int | None:
         """Tokens the main model processes per sample of ``batch`` (telemetry's train/tokens_per_s);
         None when the notion does not apply."""

@@ -150,7 +150,7 @@ def _write(stage: Any, curves: dict[str, list[list[float]]], videos: list[tuple[
 
     media = Path(stage.trainer.default_root_dir).parent / "media"
     media.mkdir(parents=True, exist_ok=True)
-    step = stage.global_step
+    step = stage.logged_step()
     (media / f"drift_step{step:08d}.json").write_text(json.dumps({"step": step, "curves": curves}))
     paths = []
     for i, (video, audio) in enumerate(videos):

@@ -279,7 +279,7 @@ class TeacherStage(RestStage):
             frames = (
                 ((pair[i].permute(1, 2, 3, 0).cpu().numpy() + 1) * 127.5).round().clip(0, 255).astype("uint8")
             )
-            path = media / f"sample_step{self.global_step:08d}_{i}.mp4"
+            path = media / f"sample_step{self.logged_step():08d}_{i}.mp4"
             path.write_bytes(
                 encode_mp4(
                     frames,
@@ -294,7 +294,7 @@ class TeacherStage(RestStage):
                 logger.experiment.log(
                     {
                         f"val/sample_{i}": wandb.Video(str(path), format="mp4"),
-                        "trainer/global_step": self.global_step,
+                        "trainer/global_step": self.logged_step(),
                     }
                 )
 

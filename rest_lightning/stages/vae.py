@@ -289,14 +289,14 @@ class VAEStage(RestStage):
         frames = ((pair.permute(1, 2, 3, 0).float().cpu().numpy() + 1) * 127.5).round().clip(0, 255)
         media = Path(self.trainer.default_root_dir).parent / "media"
         media.mkdir(parents=True, exist_ok=True)
-        path = media / f"reconstruction_step{self.global_step:08d}.mp4"
+        path = media / f"reconstruction_step{self.logged_step():08d}.mp4"
         path.write_bytes(encode_mp4(frames.astype("uint8"), fps=MediaSpec().fps))
         logger = self.logger
         if logger is not None and type(logger).__name__ == "WandbLogger":
             import wandb
 
             logger.experiment.log({"val/reconstruction": wandb.Video(str(path), format="mp4"),
-                                   "trainer/global_step": self.global_step})
+                                   "trainer/global_step": self.logged_step()})
 
     # --- optimizers ---------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 
@@ -80,8 +82,12 @@ def test_validation_logs_reconstruction_metrics_and_video(vae_run):
     header = (result.run_dir / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
     for key in ("val/psnr", "val/ssim", "val/lpips", "train/gan_discriminator", "train/gan_adaptive_weight"):
         assert key in header, key
-    videos = list((result.run_dir / "media").glob("reconstruction_step*.mp4"))
+    videos = sorted((result.run_dir / "media").glob("reconstruction_step*.mp4"))
     assert videos
+    # One step axis: each validation's video carries the step its metrics have in metrics.csv.
+    with open(result.run_dir / "logs" / "metrics.csv") as f:
+        val_steps = sorted({int(row["step"]) for row in csv.DictReader(f) if row.get("val/psnr")})
+    assert [int(v.stem.removeprefix("reconstruction_step")) for v in videos] == val_steps
     from rest_lightning.data.codecs import decode_mp4
 
     frames = decode_mp4(videos[0].read_bytes())
