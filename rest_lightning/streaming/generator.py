@@ -259,7 +259,8 @@ class StreamingGenerator:
         windows = stream.cache.read()
         height, width = stream.latent_grid
         shape = (batch, self.dit.config.latent_channels, cf, height, width)
-        noise, generator = chunk_noise(self.config.seed, c, shape, self.device)
+        # The sampler works in the noise's dtype: float32 under a bf16/fp16 model, the model's own above it (fp64)
+        noise, generator = chunk_noise(self.config.seed, c, shape, self.device, torch.promote_types(self.dtype, torch.float32))
         on_step = None
         if trace is not None:
             steps = iter(range(len(self.config.timesteps)))

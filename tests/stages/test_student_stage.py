@@ -112,32 +112,37 @@ def _spy(monkeypatch, module, name: str) -> list[tuple]:
 
 
 
-@pytest.mark.parametrize(("exit_step", "use_context_cache"), [(3, True), (1, True), (2, False)])
-def test_the_training_rollout_is_the_stream(exit_step, use_context_cache):
+@pytest.mark.parametrize(("exit_step", "use_context_cache", "dtype"),
+                         [(3, True, torch.float32), (1, True, torch.float32), (2, False, torch.float32),
+                          (3, True, torch.float64)])
+def test_the_training_rollout_is_the_stream(exit_step, use_context_cache, dtype):
     """The student trains as it streams (DESIGN §4.3; issue 13): with the rollout's seed as the stream's seed,
     ASD's context chunks are the ``StreamingGenerator``'s latents, and the current chunk's input at the exit
-    step is the stream's input at that sampler step."""
+    step is the stream's input at that sampler step. The two paths batch their attention differently, so fp32
+    agrees to rounding (1e-6); fp64 shows that the gap is rounding, not a difference in the maths (1e-12)."""
     from rest_lightning.streaming import DenoiseStep, StreamConfig, StreamingGenerator
 
-    stage = tiny_stage(f"stage.cache.use_context_cache={use_context_cache}")
+    stage = tiny_stage(f"stage.cache.use_context_cache={use_context_cache}").to(dtype)
+    atol = 1e-6 if dtype == torch.float32 else 1e-12
     seed = rollout_seed(torch.Generator().manual_seed(7))
     config = StreamConfig(window=stage.cache_config.window, chunk_frames=stage.chunk_frames, timesteps=LEVELS,
                           use_context_cache=use_context_cache, audio_guidance=1.0, seed=seed)
     stream = StreamingGenerator(stage.model.dit, stage.frozen_vae.vae, stage.model.audio_encoder, config)
-    ref = torch.rand(1, 3, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    waveform = torch.randn(1, 17 * 640, generator=torch.Generator().manual_seed(2)) * 0.1  # 3 chunks
+    ref = (torch.rand(1, 3, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(dtype)
+    waveform = (torch.randn(1, 17 * 640, generator=torch.Generator().manual_seed(2)) * 0.1).to(dtype)  # 3 chunks
     steps: list[DenoiseStep] = []
     chunks = list(stream.generate(ref, [waveform], trace=steps.append))
     assert len(chunks) == 3
     with torch.no_grad():
         ref_latent = stage.frozen_vae.vae.encode(ref)
-    cond = ClipConditions(latents=torch.zeros(1, CHANNELS, 3, *GRID), ref=ref_latent,
+    cond = ClipConditions(latents=torch.zeros(1, CHANNELS, 3, *GRID, dtype=dtype), ref=ref_latent,
                           audio=torch.cat([c.audio_tokens for c in chunks], dim=1), waveform=waveform)
     out = stage.asd_loss(stage.model, cond, torch.Generator().manual_seed(7), StepChoices(exit_step, (False, False)))
+    assert out.x_t.dtype == chunks[0].latent.dtype == dtype
     for c in range(2):
-        torch.testing.assert_close(out.outputs[:, :, c : c + 1], chunks[c].latent, rtol=0, atol=1e-6)
+        torch.testing.assert_close(out.outputs[:, :, c : c + 1], chunks[c].latent, rtol=0, atol=atol)
     [at_exit] = [s for s in steps if s.chunk == 2 and s.step == exit_step]
-    torch.testing.assert_close(out.x_t, at_exit.latents, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.x_t, at_exit.latents, rtol=0, atol=atol)
     assert at_exit.num_context_chunks == (1 if use_context_cache else 0)
 
 
