@@ -158,3 +158,43 @@ class StepProgressBar(RichProgressBar):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self._update(self.train_progress_bar_id, trainer.global_step)
         self.refresh()
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over a state dict (names, dtypes, shapes and bytes, in name order)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
+        digest.update(value.view(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+class RankAgreement(L.Callback):
+    """At the end of training every rank hashes its weights (``weights_digest``) and rank 0 writes all of them
+    to ``<run_dir>/logs/rank_digests.json``; differing digests mean the replicas diverged (a rank skipped a
+    step, a gradient was not all-reduced) and are logged as an error. Only for strategies that replicate the
+    weights (DDP, DeepSpeed ZeRO-1/2); under FSDP or ZeRO-3 each rank holds a different shard."""
+
+    def __init__(self, logs_dir: Path) -> None:
+        self.logs_dir = Path(logs_dir)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import json
+
+        import torch.distributed as dist
+
+        if trainer.world_size < 2 or not (dist.is_available() and dist.is_initialized()):
+            return
+        digests: list[str | None] = [None] * trainer.world_size
+        dist.all_gather_object(digests, weights_digest(pl_module.state_dict()))
+        if not trainer.is_global_zero:
+            return
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        (self.logs_dir / "rank_digests.json").write_text(json.dumps(
+            {"step": trainer.global_step, "sha256_by_rank": digests, "agree": len(set(digests)) == 1}, indent=1) + "\n")
+        if len(set(digests)) != 1:
+            log.error("the ranks' weights differ at the end of training (step %d): %s", trainer.global_step,
+                      ", ".join(f"rank {r}: {d[:12]}" for r, d in enumerate(digests)))

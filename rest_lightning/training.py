@@ -89,6 +89,7 @@ def build_callbacks(cfg: DictConfig, run_dir: RunDir) -> list[Any]:
 
     from rest_lightning.callbacks import (
         PlainProgressLog,
+        RankAgreement,
         RunCheckpoint,
         RunProvenance,
         StepProgressBar,
@@ -107,6 +108,8 @@ def build_callbacks(cfg: DictConfig, run_dir: RunDir) -> list[Any]:
         callbacks.append(Telemetry(cfg.telemetry.peak_flops, cfg.trainer.log_every_n_steps))
     if cfg.logger.kind != "none":
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.strategy.name in ("ddp", "ddp_spawn") or (cfg.strategy.name == "deepspeed" and cfg.strategy.zero_stage < 3):
+        callbacks.append(RankAgreement(run_dir.logs))  # replicated weights: every rank's must be equal
     callbacks.append(StepProgressBar() if _interactive() else PlainProgressLog(cfg.trainer.log_every_n_steps))
     return callbacks
 

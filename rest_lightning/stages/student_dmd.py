@@ -203,6 +203,8 @@ class StudentDMDStage(StudentStage):
         opt_gen.step()  # LightningOptimizer: global_step += 1
         sched_gen.step()
         self.untoggle_optimizer(opt_gen)
+        if self.ema is not None:
+            self.ema.update(self.model)  # manual optimization: Lightning calls no optimizer_step hook
 
         # Critic steps on the student's detached sample (raw optimizer: global_step counts generator steps).
         sample = dmd.x.detach()

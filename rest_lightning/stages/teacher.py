@@ -186,7 +186,11 @@ class TeacherStage(RestStage):
         self.log("train/skipped_samples", float(batch.skipped), reduce_fx="sum", batch_size=size)
         return out.loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # The EMA follows each optimizer step here, not in on_train_batch_end: Lightning runs the callbacks'
+        # on_train_batch_end (where the step's checkpoint is saved) before the module's, so a checkpoint held
+        # the EMA of the step before its weights, and an accumulating batch would have moved the EMA too.
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update(self.model)
 

@@ -58,22 +58,16 @@ def random_conditions(stage, batch: int, generator: torch.Generator) -> ClipCond
 # --- end to end through train() -------------------------------------------------------------------
 
 
+def _run_overrides(tiny_shards) -> list[str]:
+    return ["experiment=tiny_teacher", f"data.cfg.root={tiny_shards}", "trainer.max_steps=6",
+            "trainer.val_check_interval=6", "checkpoint.every_n_steps=3", "checkpoint.keep_last=-1",
+            "stage.optim.warmup_steps=1"]
+
+
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory, tiny_shards):
     run_dir = tmp_path_factory.mktemp("teacher_run")
-    cfg = compose(
-        "train",
-        [
-            "experiment=tiny_teacher",
-            f"data.cfg.root={tiny_shards}",
-            f"run_dir={run_dir}",
-            "trainer.max_steps=6",
-            "trainer.val_check_interval=6",
-            "checkpoint.every_n_steps=3",
-            "checkpoint.keep_last=-1",
-            "stage.optim.warmup_steps=1",
-        ],
-    )
+    cfg = compose("train", [*_run_overrides(tiny_shards), f"run_dir={run_dir}"])
     seen: list[tuple[bool, torch.Tensor]] = []
     original = DiT.forward
 
@@ -135,6 +129,19 @@ def test_checkpoints_hold_the_dit_and_ema_but_not_the_frozen_vae(teacher_run):
     ]
     assert ema_moved, "the EMA copy follows training"
     fresh.load_state_dict(last["state_dict"], strict=True)  # resume-compatible: same keys, no VAE
+
+
+def test_resume_from_a_step_checkpoint_reproduces_the_weights_and_their_ema(teacher_run, tiny_shards, tmp_path):
+    """The EMA follows each optimizer step before that step's checkpoint is written: resuming the 6-step run
+    at step 3 gives its final weights and EMA exactly (the EMA used to be saved one update behind)."""
+    _, result, _ = teacher_run
+    resumed = train(compose("train", [*_run_overrides(tiny_shards), f"run_dir={tmp_path / 'resumed'}",
+                                      f"resume='{result.run_dir / 'checkpoints' / 'step=00000003.ckpt'}'"]))
+    straight = torch.load(result.last_checkpoint, weights_only=True)["state_dict"]
+    again = torch.load(resumed.last_checkpoint, weights_only=True)["state_dict"]
+    assert resumed.global_step == 6 and set(again) == set(straight)
+    for key, value in straight.items():
+        assert torch.equal(again[key], value), key
 
 
 def test_async_schedule_times_reach_the_dit_during_training(teacher_run):
