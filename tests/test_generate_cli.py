@@ -5,6 +5,8 @@
 - other rates / channel counts are resampled;
 - bad input (unreadable image, no face, empty audio, a checkpoint of another stage) fails with a clear
   message, exit status 2, and leaves no output file (complete-looking or partial);
+- a failure after some frames keeps them, playable, at ``out.partial.mp4`` and says so, never at ``out``
+  (stopping by signal or kill: ``test_generate_interrupt.py``);
 - weights load from stage checkpoints by prefix;
 - ``rest-bench`` writes the JSON that DESIGN §9 names.
 """
@@ -29,6 +31,7 @@ from rest_lightning.cli import generate as generate_cli
 from rest_lightning.config import ConfigError
 from rest_lightning.data.codecs import decode_mp4, encode_png, encode_wav, float_to_pcm16
 from rest_lightning.data.synthetic import make_identity, synthesize_video
+from rest_lightning.streaming.media import MediaError
 
 SR, FPS, SPF = 16000, 25, 640
 FAST = ["resolution=32", "stream.window=2"]  # tiny models at 32x32: a 4x4 latent grid
@@ -124,20 +127,30 @@ def test_bad_input_fails_clearly_and_leaves_no_output(media, tmp_path, capsys, c
     assert leftovers(out_dir) == []
 
 
-def test_a_failure_mid_stream_leaves_no_output(media, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("error", [RuntimeError("simulated crash"), MediaError("simulated bad input")])
+def test_a_failure_mid_stream_keeps_what_was_made_under_the_partial_name(
+    media, tmp_path, monkeypatch, capsys, error
+) -> None:
     from rest_lightning.streaming.generator import StreamingGenerator
 
     original = StreamingGenerator._denoise_and_decode
 
     def fail_at_chunk_2(self, stream, trace):
         if stream.chunk == 2:
-            raise RuntimeError("simulated crash")
+            raise error
         return original(self, stream, trace)
 
     monkeypatch.setattr(StreamingGenerator, "_denoise_and_decode", fail_at_chunk_2)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_generate(media, tmp_path / "out.mp4")
-    assert leftovers(tmp_path) == []
+    if isinstance(error, MediaError):  # a user error: one line, exit 2, naming what was kept
+        assert run_generate(media, tmp_path / "out.mp4") == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "simulated bad input; the 0.36 s (9 frames) made before it are kept in" in err, err
+    else:  # a bug: the traceback, and a log line naming what was kept
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_generate(media, tmp_path / "out.mp4")
+        assert "(9 frames) made before it are kept in" in capsys.readouterr().err
+    assert leftovers(tmp_path) == ["out.partial.mp4"], "never a file at out= that looks complete"
+    assert len(decode_mp4((tmp_path / "out.partial.mp4").read_bytes())) == 1 + 8  # chunks 0 and 1, playable
 
 
 def test_weights_load_from_stage_checkpoints_by_prefix(media, tmp_path) -> None:
