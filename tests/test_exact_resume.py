@@ -72,10 +72,19 @@ def env(torch_home) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def straight(tiny_shards, tmp_path_factory, monkeypatch_module) -> dict[str, torch.Tensor]:
-    run = tmp_path_factory.mktemp("straight") / "run"
-    rest_train(*overrides(tiny_shards, run, epoch_steps=N // 2))
-    return final_weights(run)
+def straight(tiny_shards, tmp_path_factory, monkeypatch_module):
+    """The uninterrupted run's final weights for an ``epoch_steps`` (each run once): the streaming source draws
+    a new shard order per epoch, so where the epochs end is part of the data order."""
+    runs: dict[int, dict[str, torch.Tensor]] = {}
+
+    def weights(epoch_steps: int) -> dict[str, torch.Tensor]:
+        if epoch_steps not in runs:
+            run = tmp_path_factory.mktemp("straight") / "run"
+            rest_train(*overrides(tiny_shards, run, epoch_steps=epoch_steps))
+            runs[epoch_steps] = final_weights(run)
+        return runs[epoch_steps]
+
+    return weights
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +106,7 @@ def test_ddp_kill9_resume_equals_straight_run(straight, tiny_shards, tmp_path, e
     newest = find_resume_checkpoint(run)
     assert checkpoint_step(newest) == N // 2, f"the kill must come before step {N}: found {newest}"
     rest_train(*args)  # resume=auto (the default) in the same run directory
-    resumed = final_weights(run)
+    resumed, straight = final_weights(run), straight(epoch_steps)
     assert set(resumed) == set(straight)
     worst = max(((k, (resumed[k].double() - straight[k].double()).abs().max().item()) for k in straight),
                 key=lambda kv: kv[1])

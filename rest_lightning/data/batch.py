@@ -8,6 +8,18 @@ import torch
 
 
 @dataclass
+class StreamPosition:
+    """Where lane ``lane`` of the training stream stands after batch ``step``: ``offset`` samples of the
+    ``shard``-th shard of its order already emitted (``rest_lightning.data.shard_stream``). Not frozen: Lightning
+    copies batches field by field (``apply_to_collection``)."""
+
+    lane: int
+    step: int
+    shard: int
+    offset: int
+
+
+@dataclass
 class ClipItem:
     """One decoded clip window (before batching).
 
@@ -43,7 +55,10 @@ class ClipBatch:
     stream skipped to fill this batch (log it as ``train/skipped_samples``); ode: ``(B, S + 1, C, 1 + k,
     h, w)`` teacher trajectories aligned with ``latent`` (``data_prep/ode_trajectories.py``) or ``None``;
     speakers: speaker names ("" for padding); synthetic: ``(B,)`` bool, True where the clip's json carries
-    SynthTalk ground truth (the SynthTalk validation metrics score only those rows; ``None``: unknown).
+    SynthTalk ground truth (the SynthTalk validation metrics score only those rows; ``None``: unknown);
+    failed_shards: shards the training stream gave up on (unreadable, dropped mid-read, truncated) while
+    filling this batch (log it as ``train/failed_shards``); position: where the ``stream`` source's lane
+    stands after this batch (``None`` for the index reader and evaluation; see ``shard_stream``).
     """
 
     video: torch.Tensor | None
@@ -57,12 +72,15 @@ class ClipBatch:
     ode: torch.Tensor | None = None
     speakers: list[str] = field(default_factory=list)
     synthetic: torch.Tensor | None = None
+    failed_shards: int = 0
+    position: StreamPosition | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
 
-def collate_clips(items: list[ClipItem], skipped: int = 0) -> ClipBatch:
+def collate_clips(items: list[ClipItem], skipped: int = 0, failed_shards: int = 0,
+                  position: StreamPosition | None = None) -> ClipBatch:
     """Stack ``ClipItem``s into a ``ClipBatch`` (all items must share shapes)."""
     return ClipBatch(
         video=torch.stack([i.video for i in items]) if items[0].video is not None else None,
@@ -76,4 +94,6 @@ def collate_clips(items: list[ClipItem], skipped: int = 0) -> ClipBatch:
         ode=torch.stack([i.ode for i in items]) if items[0].ode is not None else None,
         speakers=[i.speaker for i in items],
         synthetic=torch.tensor([i.synthetic for i in items], dtype=torch.bool),
+        failed_shards=failed_shards,
+        position=position,
     )

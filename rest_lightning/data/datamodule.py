@@ -1,25 +1,48 @@
-"""``VideoDataModule``: rest-prep shards -> typed ``ClipBatch``es for the three stages (DESIGN §6)."""
+"""``VideoDataModule``: rest-prep shards -> typed ``ClipBatch``es for the three stages (DESIGN §6).
+
+Training reads ``data.cfg.source``: ``stream`` (default) streams shards sequentially from any URL
+(``shard_stream``), ``index`` reads samples by random access from local shards (``datasets.TrainClipStream``,
+for small corpora). Validation and test always use the rank-exact random-access reader.
+
+Resume: the index reader is a pure function of (seed, rank, batch), so the batch count Lightning restores
+is enough. The stream is not (a skipped sample or an abandoned shard moves it), so its DataLoader is a
+stateful one for Lightning (``state_dict``/``load_state_dict``, saved by the fit loop in every checkpoint):
+each rank's lane positions after the last processed batch, gathered to the rank that writes the file.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from rest_lightning.data.datasets import MODES, EvalClipDataset, TrainClipStream, WindowSpec
+from rest_lightning.data.manifest import split_shards
 from rest_lightning.data.schema import MediaSpec
 from rest_lightning.data.shard_index import CorpusIndex
+from rest_lightning.data.shard_stream import LaneStart, PositionTracker, TrainShardStream
 
 log = logging.getLogger(__name__)
+
+SOURCES = ("stream", "index")
 
 
 @dataclass
 class DataConfig:
     """The ``data.*`` config group."""
 
-    root: str = ""  # a rest-prep output folder (manifest.json + {split}/shard-*.tar)
+    root: str = ""  # a rest-prep output (manifest.json + {split}/shard-*.tar): a folder or an http(s):// URL
+    source: str = "stream"  # training reader: "stream" (sequential, any URL) | "index" (random access, local)
+    # URL of each shard for the stream source: {root} and {path} (the manifest's, e.g. train/shard-000000.tar)
+    # filled in; e.g. "pipe:aws s3 cp s3://bucket/corpus/{path} -". Empty: "{root}/{path}".
+    shard_url: str = ""
+    # design choice: samples per shuffle buffer of the stream source; the buffer restarts with every shard (what
+    # makes the position (shard, offset)), so a value >= the shard size shuffles each shard fully; 1 = file order.
+    shuffle_buffer: int = 100
     mode: str = "video"  # "video": decode mp4; "latent": read latent.npy (+ ode.npy when present; stages 2-3)
     latent_frames: int = 4  # design choice: windows of 1 + 8k = 33 frames (k = 4 latent frames + 1)
     batch_size: int = 1
@@ -34,6 +57,21 @@ class DataConfig:
     test_split: str = "test"
 
     def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"data.source must be one of {SOURCES}, got {self.source!r}")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"data.shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
+        if self.shard_url:
+            try:
+                self.shard_url.format(root="", path="")
+            except (KeyError, IndexError, ValueError) as err:
+                raise ValueError(
+                    f"data.shard_url={self.shard_url!r} may only use {{root}} and {{path}} ({err})"
+                ) from None
+            if "{path}" not in self.shard_url:
+                raise ValueError(
+                    f"data.shard_url={self.shard_url!r} must contain {{path}} (the manifest's shard path)"
+                )
         if self.mode not in MODES:
             raise ValueError(f"data.mode must be one of {MODES}, got {self.mode!r}")
         if self.latent_frames < 0:
@@ -61,6 +99,45 @@ class _PassLoader(DataLoader):
     def __iter__(self):
         self.dataset.advance()
         return super().__iter__()
+
+    # Stateful for Lightning, with nothing to save: the index reader's position is the batch count Lightning
+    # restores. Being stateful keeps a checkpoint of either source loadable by the other (Lightning refuses a
+    # checkpoint whose number of loader states differs from the number of stateful loaders).
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+
+class _StreamLoader(DataLoader):
+    """Starts a pass of the shard stream on every ``iter()``, reports each batch's lane position to the
+    tracker (in the main process, whatever the number of workers), and is a stateful loader for Lightning:
+    its ``state_dict`` (saved in every checkpoint by the fit loop) holds the lanes' positions after the last
+    processed batch, of every rank; ``load_state_dict`` (called on resume, before the first ``iter()``) puts
+    this rank's back."""
+
+    def __init__(self, dataset: TrainShardStream, datamodule: VideoDataModule, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.datamodule = datamodule
+        self.tracker = PositionTracker(dataset.lanes)
+
+    def __iter__(self):
+        self.dataset.advance()
+        self.tracker.start_pass(self.dataset.epoch, self.dataset.starts)
+        for batch in super().__iter__():
+            self.tracker.report(batch.position)
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.datamodule.stream_state(self.tracker)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "ranks" not in state_dict:  # a checkpoint of the index source: no positions to restore
+            return
+        saved = self.datamodule.saved_starts(state_dict)
+        if saved is not None:
+            self.dataset.start_at(self.dataset.next_step, epoch=saved[0], starts=saved[1])
 
 
 class VideoDataModule(L.LightningDataModule):
@@ -109,6 +186,52 @@ class VideoDataModule(L.LightningDataModule):
         stream.start_at(self._resume_step())
         return stream
 
+    def _lanes(self) -> int:
+        return max(1, self.cfg.num_workers)
+
+    def stream_dataset(self) -> TrainShardStream:
+        rank, _ = self._dist()
+        stream = TrainShardStream(
+            split_shards(self.cfg.root, self.cfg.train_split, self.cfg.shard_url),
+            self.cfg.window,
+            self.cfg.batch_size,
+            self.cfg.seed,
+            rank,
+            self.cfg.epoch_steps,
+            lanes=self._lanes(),
+            shuffle_buffer=self.cfg.shuffle_buffer,
+            cache_bytes=self.cfg.cache_mb << 20,
+        )
+        stream.start_at(self._resume_step())
+        return stream
+
+    def saved_starts(self, state: dict[str, Any]) -> tuple[int, list[LaneStart]] | None:
+        """(epoch, lane starts) of this rank from a checkpoint's stream state, if it fits this run."""
+        rank, world = self._dist()
+        ranks, lanes = state["ranks"], self._lanes()
+        if (len(ranks), len(ranks[0]), state["epoch_steps"]) != (world, lanes, self.cfg.epoch_steps):
+            log.warning(
+                "the checkpoint's stream positions are for %d ranks x %d loader lanes and epoch_steps=%d, this run "
+                "has %d x %d and %d: the current epoch's shard order restarts (not an exact resume; keep "
+                "trainer devices, data.cfg.num_workers and data.cfg.epoch_steps to resume exactly)",
+                len(ranks), len(ranks[0]), state["epoch_steps"], world, lanes, self.cfg.epoch_steps,
+            )
+            return None
+        rows = ranks[rank]
+        return rows[0][0], [LaneStart(shard, offset) for _, shard, offset in rows]
+
+    def stream_state(self, tracker: PositionTracker) -> dict[str, Any]:
+        """The lanes' positions after the batches processed so far, of every rank: ``{"epoch_steps": E,
+        "ranks": [[[epoch, shard, offset] per lane] per rank]}``. A collective under a multi-process
+        strategy: every rank calls it, as Lightning's checkpoint dump does."""
+        epoch, starts = tracker.positions(self._resume_step())
+        rows = [[epoch, s.shard, s.offset] for s in starts]
+        ranks = [rows]
+        if self.trainer is not None and self.trainer.world_size > 1:
+            local = torch.tensor(rows, dtype=torch.long, device=self.trainer.strategy.root_device)
+            ranks = self.trainer.strategy.all_gather(local).cpu().tolist()  # (world, lanes, 3)
+        return {"epoch_steps": self.cfg.epoch_steps, "ranks": ranks}
+
     def eval_dataset(self, split: str) -> EvalClipDataset:
         rank, world = self._dist()
         return EvalClipDataset(
@@ -125,7 +248,16 @@ class VideoDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), _PassLoader)
+        if self.cfg.source == "index":
+            return self._loader(self.train_dataset(), _PassLoader)
+        return _StreamLoader(
+            self.stream_dataset(),
+            self,
+            batch_size=None,  # the stream yields whole ClipBatches
+            num_workers=self.cfg.num_workers,
+            persistent_workers=False,  # each pass re-sends the stream (its step range, lane starts) to workers
+            pin_memory=False,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset(self.cfg.val_split))

@@ -1,4 +1,5 @@
-"""Random access into WebDataset tar shards through an index of member offsets.
+"""Random access into WebDataset tar shards through an index of member offsets: the ``index`` training
+source (small local corpora) and the reader of validation and test (``data.cfg.source`` picks training's).
 
 A shard is a plain tar whose members ``<key>.<ext>`` group into samples (the webdataset layout that
 ``webdataset.ShardWriter`` writes). Reading the tar headers once gives, per sample, where each
@@ -8,10 +9,12 @@ a pure function of (seed, rank, step) and the validation split exact per rank (s
 
 from __future__ import annotations
 
-import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from rest_lightning.config import ConfigError
+from rest_lightning.data.manifest import MANIFEST_FILE, is_url, read_manifest, split_entries
 
 
 @dataclass(frozen=True)
@@ -80,14 +83,13 @@ class CorpusIndex:
 
     @classmethod
     def from_manifest(cls, root: str | Path, split: str) -> CorpusIndex:
+        if is_url(str(root)):
+            raise ConfigError(
+                f"data.cfg.root={root} is a URL, but the random-access reader (data.cfg.source=index, and "
+                "validation/test) reads local shards: use a local copy of the split or data.cfg.source=stream"
+            )
         root = Path(root)
-        manifest_path = root / "manifest.json"
-        if not manifest_path.exists():
-            raise ValueError(f"{manifest_path} not found: data.root must be a rest-prep output folder")
-        manifest = json.loads(manifest_path.read_text())
-        if split not in manifest["splits"]:
-            raise ValueError(f"split {split!r} not in {manifest_path} (has {sorted(manifest['splits'])})")
-        entries = manifest["splits"][split]["shards"]
+        entries = split_entries(read_manifest(root), split, str(root / MANIFEST_FILE))
         return cls([ShardEntry(root / e["path"], int(e["count"])) for e in entries])
 
     def locate(self, i: int) -> tuple[int, int]:

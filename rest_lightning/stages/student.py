@@ -493,6 +493,7 @@ class StudentStage(RestStage):
         if out.ode is not None:
             self.log("train/ode_loss", out.ode.detach(), batch_size=size)
         self.log("train/skipped_samples", float(batch.skipped), reduce_fx="sum", batch_size=size)
+        self.log("train/failed_shards", float(batch.failed_shards), reduce_fx="sum", batch_size=size)
         return out.loss
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:

@@ -232,6 +232,7 @@ class StudentDMDStage(StudentStage):
         if out.ode is not None:
             self.log("train/ode_loss", out.ode.detach(), batch_size=size)
         self.log("train/skipped_samples", float(batch.skipped), reduce_fx="sum", batch_size=size)
+        self.log("train/failed_shards", float(batch.failed_shards), reduce_fx="sum", batch_size=size)
 
     def configure_optimizers(self) -> Any:
         generator = build_optimizer(self.model.parameters(), self.optim_config, self.total_steps())

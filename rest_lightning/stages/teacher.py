@@ -184,6 +184,7 @@ class TeacherStage(RestStage):
         size = len(batch)
         self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=size)
         self.log("train/skipped_samples", float(batch.skipped), reduce_fx="sum", batch_size=size)
+        self.log("train/failed_shards", float(batch.failed_shards), reduce_fx="sum", batch_size=size)
         return out.loss
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:

@@ -228,6 +228,8 @@ class VAEStage(RestStage):
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=video.shape[0])
         self.log_dict({k: v.detach() for k, v in logs.items()}, batch_size=video.shape[0])
         self.log("train/gan_on", float(gan_on), batch_size=video.shape[0])
+        self.log("train/skipped_samples", float(batch.skipped), reduce_fx="sum", batch_size=video.shape[0])
+        self.log("train/failed_shards", float(batch.failed_shards), reduce_fx="sum", batch_size=video.shape[0])
 
     @torch.no_grad()
     def _update_latent_stats(self, z: torch.Tensor) -> None:

@@ -1,4 +1,5 @@
-"""VideoDataModule: rank-exact evaluation, step-seeded training stream, alignment, latent mode."""
+"""VideoDataModule: rank-exact evaluation, the step-seeded ``index`` training reader, alignment, latent mode
+(the ``stream`` source has its own tests in test_stream*.py)."""
 
 from __future__ import annotations
 
@@ -56,12 +57,13 @@ def test_two_ranks_read_disjoint_val_samples_and_the_same_number_of_batches(dama
         assert torch.all(b.video[~b.mask] == 0) and b.video.shape[1:] == (3, 9, 64, 64)
 
 
-def test_training_stream_after_step_s_is_the_same_with_or_without_restart(prepared):
+def test_index_training_stream_after_step_s_is_the_same_with_or_without_restart(prepared):
     cfg, _ = prepared
-    uninterrupted = _dm(cfg.output, rank=1, world=2, num_workers=2)
+    # The index reader is a pure function of (seed, rank, step): exact even with another worker count.
+    uninterrupted = _dm(cfg.output, rank=1, world=2, num_workers=2, source="index")
     loader = uninterrupted.train_dataloader()
     full = [b for _ in range(2) for b in loader]  # two epochs of 3 steps: steps 0..5
-    resumed = _dm(cfg.output, rank=1, world=2, num_workers=0)
+    resumed = _dm(cfg.output, rank=1, world=2, num_workers=0, source="index")
     resumed.start_step = 4
     loader = resumed.train_dataloader()
     tail = [b for _ in range(2) for b in loader]  # finishes epoch 1 (steps 4, 5) then epoch 2
@@ -69,7 +71,7 @@ def test_training_stream_after_step_s_is_the_same_with_or_without_restart(prepar
     for a, b in zip(full[4:], tail[:2], strict=True):
         assert a.keys == b.keys and torch.equal(a.start_frame, b.start_frame)
         assert torch.equal(a.video, b.video) and torch.equal(a.audio, b.audio)
-    other_rank = list(_dm(cfg.output, rank=0, world=2).train_dataloader())
+    other_rank = list(_dm(cfg.output, rank=0, world=2, source="index").train_dataloader())
     assert [b.keys for b in other_rank] != [b.keys for b in full[:3]]
 
 
@@ -93,9 +95,10 @@ def test_training_window_audio_is_sample_aligned_with_its_frames(prepared):
             torch.testing.assert_close(batch.video[k], expected, rtol=0, atol=1e-6)
 
 
-def test_training_skips_corrupt_samples_and_counts_them(damaged):
+@pytest.mark.parametrize("source", ["stream", "index"])
+def test_training_skips_corrupt_samples_and_counts_them(damaged, source):
     # Use the damaged val split as a training split: a corrupt sample is skipped, never returned.
-    dm = _dm(damaged, batch_size=4, epoch_steps=8, train_split="val")
+    dm = _dm(damaged, batch_size=4, epoch_steps=8, train_split="val", source=source)
     batches = list(dm.train_dataloader())
     assert sum(b.skipped for b in batches) > 0
     assert all(len(b) == 4 and bool(b.mask.all()) for b in batches)
