@@ -161,6 +161,7 @@ def export_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike, *, ema: b
         "stage": meta.get("stage"),
         "config": meta.get("config"),
         "resolution": meta.get("resolution"),
+        "sampler_timesteps": meta.get("sampler_timesteps"),
         "step": rest.get("global_step"),
         "epoch": rest.get("epoch"),
         "weights": "ema" if ema else "model",

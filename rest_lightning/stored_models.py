@@ -53,6 +53,7 @@ class StoredDenoiser:
     source: str
     vae_config: dict[str, Any] | None = None  # the architecture of the VAE it was trained on
     resolution: int | None = None  # the side of the clips it trained on (checkpoints from 2026-12 on)
+    timesteps: tuple[float, ...] | None = None  # a student's few-step levels (checkpoints from 2026-12-07 on)
 
 
 def _weights(state: dict[str, Tensor], prefixes: tuple[str, ...]) -> tuple[dict[str, Tensor], str]:
@@ -91,8 +92,10 @@ def denoiser_from_state(state: dict[str, Tensor], meta: dict[str, Any], source: 
     for name, module in (("dit.", dit), ("audio_encoder.", audio)):
         part = {k[len(name):]: v for k, v in weights.items() if k.startswith(name)}
         load_weights_into(module, part, strict=True, source=f"{source} ({prefix}{name}*)")
+    timesteps = meta.get("sampler_timesteps")
     return StoredDenoiser(dit.eval(), audio.eval(), stage, int(config.get("chunk_frames", 1)),
-                          config.get("cache"), source, config.get("vae"), meta.get("resolution"))
+                          config.get("cache"), source, config.get("vae"), meta.get("resolution"),
+                          tuple(float(t) for t in timesteps) if timesteps else None)
 
 
 def has_stored_config(meta: dict[str, Any]) -> bool:
@@ -125,8 +128,9 @@ def vae_from_state(state: dict[str, Tensor], meta: dict[str, Any], source: str) 
 
 
 def stream_config(stored: StoredDenoiser, **overrides: Any) -> StreamConfig:
-    """The ``StreamConfig`` ``stored`` was trained for; ``overrides`` may set free fields (seed, timesteps,
-    audio_guidance, compile) and may only repeat a stored cache setting, never contradict it."""
+    """The ``StreamConfig`` ``stored`` was trained for; ``overrides`` may set free fields (seed, audio_guidance,
+    compile; timesteps where none are stored) and may only repeat a stored cache setting or a student's stored
+    sampler levels, never contradict them."""
     cache = dict(stored.cache) if stored.cache is not None else dict(TEACHER_STREAM_DEFAULTS)
     for name, value in overrides.items():
         if stored.cache is not None and name in cache and value != cache[name]:
@@ -137,6 +141,14 @@ def stream_config(stored: StoredDenoiser, **overrides: Any) -> StreamConfig:
     if overrides.get("chunk_frames", stored.chunk_frames) != stored.chunk_frames:
         raise StoredModelError(f"stream.chunk_frames={overrides['chunk_frames']} contradicts the trained "
                                f"chunk_frames={stored.chunk_frames} of {stored.source}")
+    if stored.timesteps is not None:
+        asked = overrides.get("timesteps")
+        if asked is not None and tuple(float(t) for t in asked) != stored.timesteps:
+            raise StoredModelError(
+                f"stream.timesteps={list(asked)} contradicts the levels {list(stored.timesteps)} {stored.source} "
+                "was trained to denoise at; drop the override (the checkpoint decides the sampler)"
+            )
+        cache["timesteps"] = stored.timesteps
     settings = {**cache, "chunk_frames": stored.chunk_frames, **overrides}
     return StreamConfig(**{k: v for k, v in settings.items() if k in {f.name for f in fields(StreamConfig)}})
 

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rest_lightning.checkpoint import load_user_state, load_weights_into
+from rest_lightning.checkpoint import META_KEY, load_user_state, load_weights_into
 from rest_lightning.data.batch import ClipBatch
 from rest_lightning.data.schema import MediaSpec
 from rest_lightning.diffusion.asd import (
@@ -527,6 +527,12 @@ class StudentStage(RestStage):
         if self.synthtalk is not None:
             for key, value in self.synthtalk.compute_and_reset(self.device).items():
                 self.log(key, value)  # already synced across ranks by the metric
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # The few-step levels it was trained to denoise at: generation and evaluation stream with them
+        # (stored_models.stream_config). Beside the config, not in it: a resume may change the sampler.
+        checkpoint[META_KEY]["sampler_timesteps"] = [float(t) for t in self.sampler.timesteps]
 
     def stream_config(self) -> Any:
         from rest_lightning.streaming.generator import StreamConfig

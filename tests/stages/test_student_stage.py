@@ -21,6 +21,7 @@ from rest_lightning.diffusion.guidance import GuidanceScales
 from rest_lightning.models.dit import DiT
 from rest_lightning.stages.conditioning import ClipConditions
 from rest_lightning.stages.student import StepChoices, StudentStage, rollout_seed, student_from_teacher_state
+from rest_lightning.stored_models import StoredModelError, denoiser_from_state, stream_config
 from rest_lightning.training import instantiate_node, train
 
 TINY = ["experiment=tiny_student", "data.cfg.root=unused"]
@@ -268,6 +269,15 @@ def test_tiny_student_distils_from_a_teacher_checkpoint_and_streams(tmp_path, ti
     for key in ("train/loss", "train/asd_loss", "val/asd_loss", "val/stream_lpips_ref_last", "val/stream_id_cos_last"):
         assert key in header, key
     _check_stream_outputs(result.run_dir, chunks=4)
+    # The checkpoint decides the sampler: its levels are stored, streamed with, and a contradiction is refused.
+    assert last[META_KEY]["sampler_timesteps"] == list(LEVELS)
+    state, meta = last["state_dict"], last[META_KEY]
+    stored = denoiser_from_state(state, meta, "last.ckpt")
+    assert stored.timesteps == LEVELS and stream_config(stored).timesteps == LEVELS
+    with pytest.raises(StoredModelError, match=r"stream.timesteps=\[1.0, 0.5\] contradicts the levels"):
+        stream_config(stored, timesteps=[1.0, 0.5])
+    two_levels = denoiser_from_state(state, {**meta, "sampler_timesteps": [1.0, 0.5]}, "edited")
+    assert stream_config(two_levels).timesteps == (1.0, 0.5)
 
 
 def _ablation_overrides(experiment: str) -> list[str]:
