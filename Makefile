@@ -11,7 +11,7 @@ export WANDB_MODE := offline
 export HF_HUB_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 
-.PHONY: install test demo lint clean
+.PHONY: install browser test demo lint clean
 
 install: $(STAMP)
 
@@ -19,6 +19,13 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# rest-serve's browser test drives Debian's chromium (tests/streaming/test_serve_browser.py); nothing to do when
+# it is there. Playwright comes with the dev extra and downloads no browser.
+browser:
+	@if command -v chromium >/dev/null; then echo "browser: $$(chromium --version 2>/dev/null)"; \
+	else DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium \
+	  || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }; fi
 
 test: install
 	$(PY) -m pytest
