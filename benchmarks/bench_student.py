@@ -18,8 +18,8 @@ import time
 
 import torch
 
+from rest_lightning.conditioning import ClipConditions
 from rest_lightning.config import compose
-from rest_lightning.stages.conditioning import ClipConditions
 from rest_lightning.training import instantiate_node
 
 GIB = 1024**3

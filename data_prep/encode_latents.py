@@ -55,8 +55,8 @@ class EncodeSummary:
 def load_frozen_vae(path: str | Path, device: torch.device):
     """The VAE of a VAE-stage checkpoint, its architecture read from the checkpoint's own metadata."""
     from rest_lightning.checkpoint import CheckpointMismatchError, load_user_state
+    from rest_lightning.conditioning import FrozenVAE
     from rest_lightning.models.vae import VAEConfig
-    from rest_lightning.stages.conditioning import FrozenVAE
 
     _, meta = load_user_state(path)
     vae_config = meta.get("config", {}).get("vae")

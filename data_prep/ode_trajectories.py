@@ -10,7 +10,7 @@ Output: new shards, every sample copied unchanged plus ``ode.npy``:
              C, F, h, w = the sample's latent.npy shape (the whole clip: F = 1 + k latent frames)
 
 It is exactly ``rest_lightning.diffusion.asd.ode_trajectory`` (what ``StudentStage.ode_loss`` computes online)
-for one sample, moved to the sample's first axis: the frozen guided teacher (``stages/frozen_teacher.py``, its
+for one sample, moved to the sample's first axis: the frozen guided teacher (``frozen_teacher.py``, its
 EMA weights, ``ode.guidance``) with the clip's conditions as the student sees them (``clip_conditions``: the
 shard's latent, the reference through the frozen VAE ``ode.vae``, audio tokens of the teacher's own audio
 encoder), ``ode.steps_per_level`` Euler steps between two recorded levels, from the noise
@@ -99,9 +99,9 @@ def load_frozen_teacher(path: str | Path, cfg: OdeConfig):
     own metadata (``identity_config``)."""
     from rest_lightning.checkpoint import CheckpointMismatchError, load_user_state
     from rest_lightning.diffusion.guidance import GuidanceScales
+    from rest_lightning.frozen_teacher import FrozenTeacher, FrozenTeacherConfig
     from rest_lightning.models.audio import AudioConfig
     from rest_lightning.models.dit import DiTConfig
-    from rest_lightning.stages.frozen_teacher import FrozenTeacher, FrozenTeacherConfig
 
     _, meta = load_user_state(path)
     config = meta.get("config", {})
@@ -155,9 +155,9 @@ def write_ode_shards(input_root: str | Path, output_root: str | Path, cfg: OdeCo
 def sample_conditions(teacher, vae, samples: list[dict], device: torch.device):
     """The teacher's ``ClipConditions`` of whole latent-mode samples (all of one latent shape), read by the
     training reader itself (``decode_item``, window = the whole latent) and encoded by ``clip_conditions``."""
+    from rest_lightning.conditioning import clip_conditions
     from rest_lightning.data.batch import collate_clips
     from rest_lightning.data.datasets import WindowSpec, decode_item
-    from rest_lightning.stages.conditioning import clip_conditions
 
     items = []
     for sample in samples:

@@ -16,19 +16,22 @@ Files are read weights-only (``checkpoint.load_user_state``).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from rest_lightning.checkpoint import load_user_state, load_weights_into
+from rest_lightning.checkpoint import CheckpointMismatchError, load_user_state, load_weights_into
 from rest_lightning.models.audio import AudioConfig, AudioEncoder
 from rest_lightning.models.dit import DiT, DiTConfig
 from rest_lightning.models.vae import CausalVideoVAE, VAEConfig
 from rest_lightning.streaming.generator import StreamConfig
 
-# Where each stage keeps the module's weights, best first (the EMA copy generates better).
+log = logging.getLogger(__name__)
+
+# Key prefixes of a module inside a stage checkpoint, best first: the EMA copy, then the trained weights.
 DENOISER_PREFIXES = ("ema.module.", "model.")  # teacher / student: {dit,audio_encoder}.*
 VAE_PREFIXES = ("ema.module.", "vae.")  # VAE stage
 DIFFUSION_STAGES = ("teacher", "student")
@@ -56,11 +59,13 @@ class StoredDenoiser:
     timesteps: tuple[float, ...] | None = None  # a student's few-step levels (checkpoints from 2026-12-07 on)
 
 
-def _weights(state: dict[str, Tensor], prefixes: tuple[str, ...]) -> tuple[dict[str, Tensor], str]:
+def select_module_weights(state: dict[str, Tensor], prefixes: tuple[str, ...]) -> tuple[dict[str, Tensor], str]:
+    """One module's keys from a stage state dict: those under the first of ``prefixes`` present (best
+    first, e.g. the EMA copy), prefix stripped; else the file as a bare state dict. ``(weights, prefix)``."""
     for prefix in prefixes:
-        picked = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if picked:
-            return picked, prefix
+        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if weights:
+            return weights, prefix
     return dict(state), ""
 
 
@@ -88,7 +93,7 @@ def denoiser_from_state(state: dict[str, Tensor], meta: dict[str, Any], source: 
         )
     dit = DiT(_config(DiTConfig, config["dit"], source))
     audio = AudioEncoder(_config(AudioConfig, config["audio"], source))
-    weights, prefix = _weights(state, DENOISER_PREFIXES)
+    weights, prefix = select_module_weights(state, DENOISER_PREFIXES)
     for name, module in (("dit.", dit), ("audio_encoder.", audio)):
         part = {k[len(name):]: v for k, v in weights.items() if k.startswith(name)}
         load_weights_into(module, part, strict=True, source=f"{source} ({prefix}{name}*)")
@@ -96,6 +101,23 @@ def denoiser_from_state(state: dict[str, Tensor], meta: dict[str, Any], source: 
     return StoredDenoiser(dit.eval(), audio.eval(), stage, int(config.get("chunk_frames", 1)),
                           config.get("cache"), source, config.get("vae"), meta.get("resolution"),
                           tuple(float(t) for t in timesteps) if timesteps else None)
+
+
+def load_frozen_weights(
+    module: nn.Module, checkpoint: str | Path, *, key: str, stage: str, prefixes: tuple[str, ...], experiments: str
+) -> None:
+    """Load a frozen module strictly, weights only, from a checkpoint of ``stage`` (another stage's is
+    refused, naming config ``key`` and the ``experiments`` that write the right one)."""
+    state, meta = load_user_state(checkpoint)
+    found = meta.get("stage")
+    if found is not None and found != stage:
+        raise CheckpointMismatchError(
+            f"{key}={str(checkpoint)!r} is a '{found}' checkpoint; it must come from the '{stage}' stage "
+            f"(experiment={experiments})"
+        )
+    weights, prefix = select_module_weights(state, prefixes)
+    load_weights_into(module, weights, strict=True, source=f"{key}={checkpoint}")
+    log.info("frozen %s loaded from %s (%s weights)", stage, checkpoint, prefix.rstrip(".") or "bare")
 
 
 def has_stored_config(meta: dict[str, Any]) -> bool:
@@ -122,7 +144,7 @@ def vae_from_state(state: dict[str, Tensor], meta: dict[str, Any], source: str) 
         raise StoredModelError(f"{source} is not a VAE-stage checkpoint with a stored config (rest-train "
                                "experiment=*_vae writes one)")
     vae = build_vae(config, source)
-    weights, _ = _weights(state, VAE_PREFIXES)
+    weights, _ = select_module_weights(state, VAE_PREFIXES)
     load_weights_into(vae, weights, strict=True, source=source)
     return vae.eval()
 
@@ -161,8 +183,10 @@ __all__ = [
     "build_vae",
     "denoiser_from_state",
     "has_stored_config",
+    "load_frozen_weights",
     "load_denoiser",
     "load_vae",
+    "select_module_weights",
     "stream_config",
     "vae_from_state",
 ]

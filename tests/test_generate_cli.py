@@ -215,7 +215,7 @@ def _stored_student(tmp_path: Path, resolution: int, **cache) -> Path:
 
     from rest_lightning.models.audio import AudioEncoder
     from rest_lightning.models.dit import DiT
-    from rest_lightning.stages.conditioning import diffusion_identity_config
+    from rest_lightning.stages.identity import diffusion_identity_config
 
     conf = Path(__file__).resolve().parents[1] / "conf" / "model"
     dit_config = dataclasses.replace(instantiate(OmegaConf.load(conf / "dit" / "dit_tiny.yaml")), width=48, num_heads=2)

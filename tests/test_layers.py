@@ -136,8 +136,11 @@ LAYERS = [
                                   "rest_lightning.streaming", "eval", "data_prep")),
     ("rest_lightning.streaming", ("rest_lightning.stages", "rest_lightning.cli", "rest_lightning.training", "eval")),
     ("rest_lightning.config", ("rest_lightning.stages", "rest_lightning.models", "rest_lightning.training")),
-    ("eval", ("rest_lightning.cli",)),
-    ("data_prep", ("rest_lightning.cli",)),
+    ("rest_lightning.stored_models", ("rest_lightning.stages", "rest_lightning.cli", "rest_lightning.training")),
+    ("rest_lightning.conditioning", ("rest_lightning.stages", "rest_lightning.cli", "rest_lightning.training")),
+    ("rest_lightning.frozen_teacher", ("rest_lightning.stages", "rest_lightning.cli", "rest_lightning.training")),
+    ("eval", ("rest_lightning.cli", "rest_lightning.stages", "rest_lightning.training")),
+    ("data_prep", ("rest_lightning.cli", "rest_lightning.stages", "rest_lightning.training")),
 ]
 
 

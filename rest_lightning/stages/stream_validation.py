@@ -36,8 +36,9 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
+    from rest_lightning.conditioning import ClipConditions
     from rest_lightning.data.batch import ClipBatch
-    from rest_lightning.stages.conditioning import AudioVideoDenoiser, ClipConditions
+    from rest_lightning.models.denoiser import AudioVideoDenoiser
     from rest_lightning.streaming.generator import VideoChunk
 
 CURVES = ("latent_mean", "latent_std", "lpips_ref", "id_cos")

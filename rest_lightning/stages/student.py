@@ -17,7 +17,7 @@ future_chunks has a full window and chunk 0 has been evicted: the positions a lo
 3. On chunk k, run the sampler without gradients up to the exit step (``random``, Self-Forcing, or
    ``last``), then one forward *with* gradients (ID-Sink recomputed with gradients too) at the exit
    step's input ``x_t``.
-4. The frozen teacher (``stages/frozen_teacher.py``) gets the window ``diffusion/asd.py: teacher_window``
+4. The frozen teacher (``frozen_teacher.py``) gets the window ``diffusion/asd.py: teacher_window``
    (the student's own outputs at ``teacher_context_time``, chunk k at the student's ``x_t``, future chunks
    noisier or absent) and gives the target (``trajectory`` by default, ``velocity`` or ``x0``).
 5. Loss = ``asd.weight`` * ASD regression + ``flow_matching.weight`` * teacher-forced flow matching of the
@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from rest_lightning.checkpoint import META_KEY, load_user_state, load_weights_into
+from rest_lightning.conditioning import ClipConditions, FrozenVAE, clip_conditions, latent_tokens_per_clip
 from rest_lightning.data.batch import ClipBatch
 from rest_lightning.data.schema import MediaSpec
 from rest_lightning.diffusion.asd import (
@@ -67,26 +68,21 @@ from rest_lightning.diffusion.losses import draw_flow_matching
 from rest_lightning.diffusion.samplers import FewStepSampler
 from rest_lightning.diffusion.schedules import AsyncNoiseSchedule, IndependentSchedule
 from rest_lightning.distributed import broadcast_from_rank_zero
+from rest_lightning.frozen_teacher import FrozenTeacher, FrozenTeacherConfig
 from rest_lightning.models.attention import AttentionPattern, WindowKV
 from rest_lightning.models.audio import AudioConfig, AudioEncoder
+from rest_lightning.models.denoiser import AudioVideoDenoiser
 from rest_lightning.models.dit import DiTConfig
 from rest_lightning.models.pairing import check_pairing
 from rest_lightning.models.pretrained import build_dit
 from rest_lightning.models.vae import VAEConfig
 from rest_lightning.stages.base import RestStage, plain_config
-from rest_lightning.stages.conditioning import (
-    AudioVideoDenoiser,
-    ClipConditions,
-    FrozenVAE,
-    clip_conditions,
-    diffusion_identity_config,
-    latent_tokens_per_clip,
-)
 from rest_lightning.stages.ema import EMA
-from rest_lightning.stages.frozen_teacher import FrozenTeacher, FrozenTeacherConfig, select_teacher_weights
+from rest_lightning.stages.identity import diffusion_identity_config
 from rest_lightning.stages.optim import DiffusionOptimConfig, build_optimizer
 from rest_lightning.stages.stream_validation import StreamValidationConfig, validate_streams
 from rest_lightning.stages.val_metrics import SynthTalkValidation
+from rest_lightning.stored_models import DENOISER_PREFIXES, select_module_weights
 from rest_lightning.streaming.cache import CacheConfig, IDContextCache
 from rest_lightning.streaming.rollout import ChunkRollout, cache_shape, chunk_noise
 
@@ -290,7 +286,7 @@ class StudentStage(RestStage):
                 self.ema.module.load_state_dict(self.model.state_dict())
             return
         self.check_compatible(meta, source=f"init_from={path}", resume=False)
-        weights, prefix = select_teacher_weights(state)
+        weights, prefix = select_module_weights(state, DENOISER_PREFIXES)
         mapped = {f"model.{k}": v for k, v in weights.items()}
         if self.ema is not None:
             mapped |= {f"ema.module.{k}": v for k, v in weights.items()}

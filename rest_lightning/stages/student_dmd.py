@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from rest_lightning.checkpoint import load_user_state
+from rest_lightning.conditioning import ClipConditions
 from rest_lightning.data.batch import ClipBatch
 from rest_lightning.diffusion.asd import TeacherWindow
 from rest_lightning.diffusion.dmd import (
@@ -49,7 +50,7 @@ from rest_lightning.diffusion.dmd import (
 )
 from rest_lightning.diffusion.flow import x0_from_velocity
 from rest_lightning.models.attention import AttentionPattern
-from rest_lightning.stages.conditioning import AudioVideoDenoiser, ClipConditions
+from rest_lightning.models.denoiser import AudioVideoDenoiser
 from rest_lightning.stages.optim import build_optimizer, warmup_cosine
 from rest_lightning.stages.student import TRAIN_STREAM, AsdOutput, StudentStage
 

@@ -11,7 +11,7 @@ One optimizer (AdamW, warm-up then cosine; ``stages/optim.py``), automatic optim
 is allowed. An EMA of the DiT + audio encoder is kept (``ema.module.*``; the student initialises from
 it). It is a submodule, which DDP leaves exact; DeepSpeed bf16 casts it to bf16 (small EMA updates are
 lost) and ZeRO-3 partitions it, so ``setup`` refuses ZeRO-3 with an EMA. The frozen VAE is not a
-submodule (``stages/conditioning.py``): teacher checkpoints hold ``model.*`` and ``ema.module.*`` only.
+submodule (``conditioning.py``): teacher checkpoints hold ``model.*`` and ``ema.module.*`` only.
 
 Randomness: every step draws from a ``torch.Generator`` seeded by (run seed, rank, step), so ranks draw
 different times/noise/dropout from one another, a resumed run draws what the uninterrupted run would
@@ -37,6 +37,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rest_lightning.conditioning import (
+    ClipConditions,
+    FrozenVAE,
+    clip_conditions,
+    guided_denoiser,
+    latent_tokens_per_clip,
+)
 from rest_lightning.data.batch import ClipBatch
 from rest_lightning.data.schema import MediaSpec
 from rest_lightning.diffusion.flow import flow_matching_loss, per_frame_mse
@@ -53,21 +60,14 @@ from rest_lightning.diffusion.samplers import EulerSampler
 from rest_lightning.diffusion.schedules import AsyncNoiseSchedule, IndependentSchedule
 from rest_lightning.models.attention import AttentionPattern
 from rest_lightning.models.audio import AudioConfig, AudioEncoder
+from rest_lightning.models.denoiser import AudioVideoDenoiser
 from rest_lightning.models.dit import DiTConfig
 from rest_lightning.models.pairing import check_pairing
 from rest_lightning.models.pretrained import build_dit
 from rest_lightning.models.vae import VAEConfig
 from rest_lightning.stages.base import RestStage
-from rest_lightning.stages.conditioning import (
-    AudioVideoDenoiser,
-    ClipConditions,
-    FrozenVAE,
-    clip_conditions,
-    diffusion_identity_config,
-    guided_denoiser,
-    latent_tokens_per_clip,
-)
 from rest_lightning.stages.ema import EMA
+from rest_lightning.stages.identity import diffusion_identity_config
 from rest_lightning.stages.optim import DiffusionOptimConfig, build_optimizer
 from rest_lightning.stages.val_metrics import ValMetrics, ValMetricsConfig
 

@@ -30,7 +30,7 @@ from rest_lightning.models.audio import AudioEncoder
 from rest_lightning.models.dit import DiT
 from rest_lightning.models.vae import CausalVideoVAE
 from rest_lightning.stages.base import plain_config
-from rest_lightning.stages.conditioning import diffusion_identity_config
+from rest_lightning.stages.identity import diffusion_identity_config
 from rest_lightning.stored_models import StoredModelError, load_denoiser, load_vae, stream_config
 
 WINDOW = 1

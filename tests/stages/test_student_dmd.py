@@ -10,10 +10,10 @@ import torch
 
 from rest_lightning import __version__
 from rest_lightning.checkpoint import META_KEY
+from rest_lightning.conditioning import ClipConditions
 from rest_lightning.config import ConfigError, compose
 from rest_lightning.diffusion.dmd import dmd_gradient, dmd_loss, renoised_window
 from rest_lightning.diffusion.guidance import GuidanceScales
-from rest_lightning.stages.conditioning import ClipConditions
 from rest_lightning.stages.student import StepChoices
 from rest_lightning.stages.student_dmd import StudentDMDStage
 from rest_lightning.train_config import validate_train_config

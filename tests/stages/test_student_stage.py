@@ -14,12 +14,12 @@ from omegaconf import OmegaConf
 
 from rest_lightning import __version__
 from rest_lightning.checkpoint import META_KEY
+from rest_lightning.conditioning import ClipConditions
 from rest_lightning.config import compose, conf_dir
 from rest_lightning.diffusion.asd import ode_regression_inputs, ode_trajectory
 from rest_lightning.diffusion.flow import x0_from_velocity
 from rest_lightning.diffusion.guidance import GuidanceScales
 from rest_lightning.models.dit import DiT
-from rest_lightning.stages.conditioning import ClipConditions
 from rest_lightning.stages.student import StepChoices, StudentStage, rollout_seed, student_from_teacher_state
 from rest_lightning.stored_models import StoredModelError, denoiser_from_state, stream_config
 from rest_lightning.training import instantiate_node, train

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from rest_lightning.checkpoint import CheckpointMismatchError
+from rest_lightning.conditioning import ClipConditions, FrozenVAE
 from rest_lightning.config import ConfigError, compose
 from rest_lightning.data.batch import ClipBatch
 from rest_lightning.diffusion.flow import add_noise
@@ -28,7 +29,6 @@ from rest_lightning.diffusion.timesteps import TimestepSampler
 from rest_lightning.models.dit import DiT
 from rest_lightning.models.vae import CausalVideoVAE
 from rest_lightning.models.vae_config import vae_tiny
-from rest_lightning.stages.conditioning import ClipConditions, FrozenVAE
 from rest_lightning.stages.optim import warmup_cosine
 from rest_lightning.train_config import validate_train_config
 from rest_lightning.training import instantiate_node, train

@@ -25,24 +25,19 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from rest_lightning.conditioning import guided_denoiser
 from rest_lightning.diffusion.guidance import GuidanceScales
 from rest_lightning.diffusion.samplers import Denoiser
 from rest_lightning.models.attention import AttentionPattern
 from rest_lightning.models.audio import AudioConfig, AudioEncoder
+from rest_lightning.models.denoiser import AudioVideoDenoiser
 from rest_lightning.models.dit import DiTConfig
 from rest_lightning.models.pretrained import build_dit
-from rest_lightning.stages.conditioning import (
-    AudioVideoDenoiser,
-    guided_denoiser,
-    load_frozen_weights,
-    select_module_weights,
-)
+from rest_lightning.stored_models import DENOISER_PREFIXES, load_frozen_weights
 
 log = logging.getLogger(__name__)
 
 TEACHER_STAGE = "teacher"
-# Key prefixes of the denoiser inside a teacher-stage checkpoint, best first: its EMA, then the raw weights.
-TEACHER_PREFIXES = ("ema.module.", "model.")
 TEACHER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -57,12 +52,6 @@ class FrozenTeacherConfig:
     def __post_init__(self) -> None:
         if self.dtype not in TEACHER_DTYPES:
             raise ValueError(f"stage.teacher.dtype={self.dtype!r} is not one of {', '.join(TEACHER_DTYPES)}")
-
-
-def select_teacher_weights(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
-    """The denoiser's keys (``dit.*``, ``audio_encoder.*``) from a teacher-stage state dict: ``ema.module.*``
-    when present, else ``model.*``, else the file as a bare denoiser state dict. Returns ``(weights, prefix)``."""
-    return select_module_weights(state, TEACHER_PREFIXES)
 
 
 class FrozenTeacher:
@@ -95,7 +84,7 @@ class FrozenTeacher:
             )
             return cls(model, config)
         load_frozen_weights(model, checkpoint, key="stage.teacher_checkpoint", stage=TEACHER_STAGE,
-                            prefixes=TEACHER_PREFIXES, experiments="teacher or tiny_teacher")
+                            prefixes=DENOISER_PREFIXES, experiments="teacher or tiny_teacher")
         return cls(model, config)
 
     def dtype_on(self, device: torch.device) -> torch.dtype:

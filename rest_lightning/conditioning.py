@@ -1,76 +1,36 @@
-"""What the two diffusion stages (teacher, DESIGN §4.2; student, §4.3) share to condition the DiT.
+"""What the two diffusion stages (teacher, DESIGN §4.2; student, §4.3) and data prep share to condition the DiT.
 
 - ``FrozenVAE``: a trained stage-1 VAE used as a fixed function (encode clips when the shards carry no
   latents, encode the reference image as one latent frame, decode samples). Loaded weights-only from a
-  VAE-stage checkpoint or an exported file, its EMA weights preferred. It is *not* a submodule of the
+  VAE-stage checkpoint or an exported file, its EMA weights preferred. It is *not* a submodule of a
   stage: it is never trained, never saved in the stage's checkpoints, never wrapped, sharded or
   partitioned by DDP / FSDP / DeepSpeed; it follows the batch's device on first use.
-- ``AudioVideoDenoiser``: the trainable pair, the DiT and the audio encoder (whose projector, the
-  SpeechAE role, trains with the DiT). One module so the EMA and ``init_from`` key maps treat it whole:
-  its keys are ``dit.*`` and ``audio_encoder.*``.
 - ``ClipConditions`` / ``clip_conditions``: a ``ClipBatch`` -> clean latents, reference latent, audio tokens.
 - ``guided_denoiser``: the DiT with classifier-free guidance as a sampler ``Denoiser``.
+- ``latent_tokens_per_clip``: the tokens the DiT sees per clip (telemetry).
+
+The trainable pair is ``models.denoiser.AudioVideoDenoiser``; the frozen teacher is ``frozen_teacher``.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 
-from rest_lightning.checkpoint import CheckpointMismatchError, load_user_state, load_weights_into
 from rest_lightning.data.batch import ClipBatch
 from rest_lightning.diffusion.guidance import GuidanceScales, guided_velocity
 from rest_lightning.diffusion.samplers import Denoiser
 from rest_lightning.models.attention import AttentionPattern
-from rest_lightning.models.audio import AudioConfig, AudioEncoder
-from rest_lightning.models.dit import DiT, DiTConfig
+from rest_lightning.models.audio import AudioEncoder
+from rest_lightning.models.denoiser import AudioVideoDenoiser
 from rest_lightning.models.vae import CausalVideoVAE, VAEConfig
-from rest_lightning.stages.base import plain_config
-
-log = logging.getLogger(__name__)
+from rest_lightning.stored_models import VAE_PREFIXES, load_frozen_weights
 
 VAE_STAGE = "vae"
-# Key prefixes of the VAE inside a VAE-stage checkpoint, best first: its EMA copy, then the raw weights.
-VAE_PREFIXES = ("ema.module.", "vae.")
-
-
-def select_module_weights(state: dict[str, Tensor], prefixes: tuple[str, ...]) -> tuple[dict[str, Tensor], str]:
-    """One module's keys from a stage state dict: those under the first of ``prefixes`` present (best
-    first, e.g. the EMA copy), prefix stripped; else the file as a bare state dict. ``(weights, prefix)``."""
-    for prefix in prefixes:
-        weights = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if weights:
-            return weights, prefix
-    return dict(state), ""
-
-
-def select_vae_weights(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
-    """The VAE's own keys from a VAE-stage state dict: ``ema.module.*`` when present, else ``vae.*``, else
-    the file is taken as a bare ``CausalVideoVAE`` state dict. Returns ``(weights, prefix used)``."""
-    return select_module_weights(state, VAE_PREFIXES)
-
-
-def load_frozen_weights(
-    module: nn.Module, checkpoint: str | Path, *, key: str, stage: str, prefixes: tuple[str, ...], experiments: str
-) -> None:
-    """Load a frozen module strictly, weights only, from a checkpoint of ``stage`` (another stage's is
-    refused, naming config ``key`` and the ``experiments`` that write the right one)."""
-    state, meta = load_user_state(checkpoint)
-    found = meta.get("stage")
-    if found is not None and found != stage:
-        raise CheckpointMismatchError(
-            f"{key}={str(checkpoint)!r} is a '{found}' checkpoint; it must come from the '{stage}' stage "
-            f"(experiment={experiments})"
-        )
-    weights, prefix = select_module_weights(state, prefixes)
-    load_weights_into(module, weights, strict=True, source=f"{key}={checkpoint}")
-    log.info("frozen %s loaded from %s (%s weights)", stage, checkpoint, prefix.rstrip(".") or "bare")
 
 
 class FrozenVAE:
@@ -131,29 +91,6 @@ class FrozenVAE:
         return self.vae.decode(self._follow(latents)).clamp(-1, 1).float()
 
 
-# Config fields that say how to initialise or run a model, not what it is: left out of identity_config,
-# so moving a weights folder or switching activation checkpointing does not block a resume.
-INIT_ONLY_KEYS = (
-    "pretrained",
-    "pretrained_cross_attention",
-    "pretrained_audio_projection",
-    "activation_checkpointing",
-)
-
-
-def diffusion_identity_config(
-    dit: DiTConfig, audio: AudioConfig, vae: VAEConfig, chunk_frames: int, has_ema: bool
-) -> dict[str, Any]:
-    """What a teacher / student checkpoint must match to be resumed (RestStage.identity_config): the
-    architectures without INIT_ONLY_KEYS, the chunk size and whether an EMA copy exists."""
-
-    def architecture(config: Any) -> dict[str, Any]:
-        return plain_config({k: v for k, v in asdict(config).items() if k not in INIT_ONLY_KEYS})
-
-    return {"dit": architecture(dit), "audio": architecture(audio), "vae": architecture(vae),
-            "chunk_frames": chunk_frames, "ema": has_ema}
-
-
 def latent_tokens_per_clip(batch: ClipBatch, vae: VAEConfig) -> int:
     """Tokens the DiT sees per clip of ``batch``: its latent frames x latent height x latent width plus
     the reference's one latent frame (telemetry's train/tokens_per_s)."""
@@ -163,34 +100,6 @@ def latent_tokens_per_clip(batch: ClipBatch, vae: VAEConfig) -> int:
         t, h, w = batch.video.shape[2:]
         frames, height, width = vae.latent_frames(t), h // vae.spatial_compression, w // vae.spatial_compression
     return (frames + 1) * height * width
-
-
-class AudioVideoDenoiser(nn.Module):
-    """The trainable networks of a diffusion stage: ``dit`` and ``audio_encoder`` (module doc)."""
-
-    def __init__(self, dit: DiT, audio_encoder: AudioEncoder) -> None:
-        super().__init__()
-        if dit.config.audio_dim != audio_encoder.config.token_dim:
-            raise ValueError(
-                f"model.dit.audio_dim={dit.config.audio_dim} must equal model.audio.token_dim="
-                f"{audio_encoder.config.token_dim}: the DiT reads the audio encoder's tokens"
-            )
-        self.dit = dit
-        self.audio_encoder = audio_encoder
-
-    def forward(
-        self,
-        latents: Tensor,
-        timesteps: Tensor,
-        audio: Tensor | None,
-        ref: Tensor | None,
-        pattern: AttentionPattern,
-        drop_audio: Tensor | None = None,
-        drop_ref: Tensor | None = None,
-    ) -> Tensor:
-        """The DiT's velocity ``(B, C, F, h, w)``; arguments as ``DiT.forward`` (audio: tokens, not the
-        waveform)."""
-        return self.dit(latents, timesteps, audio, ref, pattern, drop_audio, drop_ref)
 
 
 @dataclass(frozen=True)
