@@ -9,14 +9,22 @@ import torch
 
 @dataclass
 class StreamPosition:
-    """Where lane ``lane`` of the training stream stands after batch ``step``: ``offset`` samples of the
-    ``shard``-th shard of its order already emitted (``rest_lightning.data.shard_stream``). Not frozen: Lightning
-    copies batches field by field (``apply_to_collection``)."""
+    """Where lane ``lane`` of the training stream stands after batch ``step``: in training corpus ``c``,
+    ``offsets[c]`` samples of the ``shards[c]``-th shard of its order already emitted; ``draws``: samples the
+    lane's mixture of corpora has drawn in this epoch (``rest_lightning.data.shard_stream``). One corpus
+    (no ``data.cfg.sources``) has one entry each. Not frozen: Lightning copies batches field by field
+    (``apply_to_collection``)."""
 
     lane: int
     step: int
-    shard: int
-    offset: int
+    shards: tuple[int, ...]
+    offsets: tuple[int, ...]
+    draws: int
+
+    @property
+    def shard(self) -> int:
+        """The first corpus' shard (the only one without ``data.cfg.sources``)."""
+        return self.shards[0]
 
 
 @dataclass
@@ -58,7 +66,9 @@ class ClipBatch:
     SynthTalk ground truth (the SynthTalk validation metrics score only those rows; ``None``: unknown);
     failed_shards: shards the training stream gave up on (unreadable, dropped mid-read, truncated) while
     filling this batch (log it as ``train/failed_shards``); position: where the ``stream`` source's lane
-    stands after this batch (``None`` for the index reader and evaluation; see ``shard_stream``).
+    stands after this batch (``None`` for the index reader and evaluation; see ``shard_stream``); corpus:
+    ``(B,)`` long, the training corpus each clip came from (index into ``data.cfg.sources``, 0 for the single
+    ``data.cfg.root``; ``None`` for the index reader and evaluation).
     """
 
     video: torch.Tensor | None
@@ -74,14 +84,16 @@ class ClipBatch:
     synthetic: torch.Tensor | None = None
     failed_shards: int = 0
     position: StreamPosition | None = None
+    corpus: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
 
 
 def collate_clips(items: list[ClipItem], skipped: int = 0, failed_shards: int = 0,
-                  position: StreamPosition | None = None) -> ClipBatch:
-    """Stack ``ClipItem``s into a ``ClipBatch`` (all items must share shapes)."""
+                  position: StreamPosition | None = None, corpus: list[int] | None = None) -> ClipBatch:
+    """Stack ``ClipItem``s into a ``ClipBatch`` (all items must share shapes); ``corpus``: each item's
+    training corpus (stream source)."""
     return ClipBatch(
         video=torch.stack([i.video for i in items]) if items[0].video is not None else None,
         audio=torch.stack([i.audio for i in items]),
@@ -96,4 +108,5 @@ def collate_clips(items: list[ClipItem], skipped: int = 0, failed_shards: int = 
         synthetic=torch.tensor([i.synthetic for i in items], dtype=torch.bool),
         failed_shards=failed_shards,
         position=position,
+        corpus=torch.tensor(corpus, dtype=torch.long) if corpus is not None else None,
     )

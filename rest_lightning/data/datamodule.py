@@ -2,7 +2,8 @@
 
 Training reads ``data.cfg.source``: ``stream`` (default) streams shards sequentially from any URL
 (``shard_stream``), ``index`` reads samples by random access from local shards (``datasets.TrainClipStream``,
-for small corpora). Validation and test always use the rank-exact random-access reader.
+for small corpora); ``data.cfg.sources`` mixes several corpora into the stream. Validation and test always use
+the rank-exact random-access reader on ``data.cfg.root`` (empty with sources: the first source's).
 
 Resume: the index reader is a pure function of (seed, rank, batch), so the batch count Lightning restores
 is enough. The stream is not (a skipped sample or an abandoned shard moves it), so its DataLoader is a
@@ -13,7 +14,9 @@ each rank's lane positions after the last processed batch, gathered to the rank 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import lightning as L
@@ -21,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rest_lightning.data.datasets import MODES, EvalClipDataset, TrainClipStream, WindowSpec
-from rest_lightning.data.manifest import split_shards
+from rest_lightning.data.manifest import mixture_shards, split_shards
 from rest_lightning.data.schema import MediaSpec
 from rest_lightning.data.shard_index import CorpusIndex
 from rest_lightning.data.shard_stream import LaneStart, PositionTracker, TrainShardStream
@@ -29,6 +32,51 @@ from rest_lightning.data.shard_stream import LaneStart, PositionTracker, TrainSh
 log = logging.getLogger(__name__)
 
 SOURCES = ("stream", "index")
+
+
+def _check_shard_url(template: str, key: str) -> None:
+    try:
+        template.format(root="", path="")
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(f"{key}={template!r} may only use {{root}} and {{path}} ({err})") from None
+    if "{path}" not in template:
+        raise ValueError(f"{key}={template!r} must contain {{path}} (the manifest's shard path)")
+
+
+@dataclass(frozen=True)
+class CorpusSource:
+    """One training corpus of a mixture (``data.sources``): a rest-prep output read by the stream source, drawn
+    with probability ``weight / sum of weights`` per sample; ``root`` and ``shard_url`` as ``data.root`` and
+    ``data.shard_url``."""
+
+    root: str
+    weight: float = 1.0
+    shard_url: str = ""
+
+    @classmethod
+    def from_config(cls, value: Any, index: int) -> CorpusSource:
+        """``value`` (a ``CorpusSource`` or a mapping from the YAML) checked; ``index`` names it in errors."""
+        key = f"data.sources[{index}]"
+        if isinstance(value, CorpusSource):
+            source = value
+        elif isinstance(value, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ValueError(f"{key} has unknown keys {unknown}; a source takes {sorted(known)}")
+            if not value.get("root"):
+                raise ValueError(f"{key} has no root: give each source a rest-prep output folder or URL")
+            try:
+                source = cls(str(value["root"]), float(value.get("weight", 1.0)), str(value.get("shard_url", "")))
+            except (TypeError, ValueError):
+                raise ValueError(f"{key}.weight must be a number, got {value.get('weight')!r}") from None
+        else:
+            raise ValueError(f"{key} must be a mapping {{root, weight, shard_url}}, got {value!r}")
+        if not (math.isfinite(source.weight) and source.weight > 0):
+            raise ValueError(f"{key}.weight must be a positive number, got {source.weight}")
+        if source.shard_url:
+            _check_shard_url(source.shard_url, f"{key}.shard_url")
+        return source
 
 
 @dataclass
@@ -40,6 +88,10 @@ class DataConfig:
     # URL of each shard for the stream source: {root} and {path} (the manifest's, e.g. train/shard-000000.tar)
     # filled in; e.g. "pipe:aws s3 cp s3://bucket/corpus/{path} -". Empty: "{root}/{path}".
     shard_url: str = ""
+    # Several training corpora for the stream source, mixed per sample by weight (docs/data.md "Several corpora"):
+    # [{root, weight, shard_url}]. Empty: data.root alone. Validation and test still read data.root's splits
+    # (empty root: the first source's).
+    sources: list[CorpusSource] = field(default_factory=list)
     # design choice: samples per shuffle buffer of the stream source; the buffer restarts with every shard (what
     # makes the position (shard, offset)), so a value >= the shard size shuffles each shard fully; 1 = file order.
     shuffle_buffer: int = 100
@@ -62,16 +114,11 @@ class DataConfig:
         if self.shuffle_buffer < 1:
             raise ValueError(f"data.shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
         if self.shard_url:
-            try:
-                self.shard_url.format(root="", path="")
-            except (KeyError, IndexError, ValueError) as err:
-                raise ValueError(
-                    f"data.shard_url={self.shard_url!r} may only use {{root}} and {{path}} ({err})"
-                ) from None
-            if "{path}" not in self.shard_url:
-                raise ValueError(
-                    f"data.shard_url={self.shard_url!r} must contain {{path}} (the manifest's shard path)"
-                )
+            _check_shard_url(self.shard_url, "data.shard_url")
+        self.sources = [CorpusSource.from_config(s, i) for i, s in enumerate(self.sources or [])]
+        if self.sources and self.source != "stream":
+            raise ValueError(f"data.sources mixes corpora in the stream source only; data.source is {self.source!r}: "
+                             "set data.source=stream or leave data.sources empty")
         if self.mode not in MODES:
             raise ValueError(f"data.mode must be one of {MODES}, got {self.mode!r}")
         if self.latent_frames < 0:
@@ -87,10 +134,37 @@ class DataConfig:
         MediaSpec(fps=self.fps, sample_rate=self.sample_rate)
 
     @property
+    def corpora(self) -> list[CorpusSource]:
+        """The training corpora: ``sources``, or ``root`` alone (weight 1) when it is empty."""
+        return self.sources or [CorpusSource(self.root, 1.0, self.shard_url)]
+
+    @property
+    def eval_root(self) -> str:
+        """Where validation and test read: ``root``, else the first source's."""
+        return self.root or (self.sources[0].root if self.sources else "")
+
+    @property
     def window(self) -> WindowSpec:
         return WindowSpec(
             self.latent_frames, self.mode, MediaSpec(fps=self.fps, sample_rate=self.sample_rate)
         )
+
+
+def _row(epoch: int, start: LaneStart) -> list[int]:
+    """A lane's saved position (see ``VideoDataModule.stream_state``); one corpus keeps the 3-number row of
+    checkpoints written before mixtures, whose draw count it does not need."""
+    pairs = [n for shard_offset in zip(start.shards, start.offsets, strict=True) for n in shard_offset]
+    return [epoch, *pairs] + ([start.draws] if len(start.shards) > 1 else [])
+
+
+def _corpora_of_row(row: list[int]) -> int:
+    return 1 if len(row) == 3 else (len(row) - 2) // 2
+
+
+def _start_of_row(row: list[int]) -> LaneStart:
+    corpora = _corpora_of_row(row)
+    pairs = row[1 : 1 + 2 * corpora]
+    return LaneStart(tuple(pairs[0::2]), tuple(pairs[1::2]), row[-1] if corpora > 1 else 0)
 
 
 class _PassLoader(DataLoader):
@@ -120,7 +194,7 @@ class _StreamLoader(DataLoader):
     def __init__(self, dataset: TrainShardStream, datamodule: VideoDataModule, **kwargs: Any) -> None:
         super().__init__(dataset, **kwargs)
         self.datamodule = datamodule
-        self.tracker = PositionTracker(dataset.lanes)
+        self.tracker = PositionTracker(dataset.lanes, len(dataset.corpora))
 
     def __iter__(self):
         self.dataset.advance()
@@ -150,7 +224,7 @@ class VideoDataModule(L.LightningDataModule):
 
     def __init__(self, cfg: DataConfig, rank: int | None = None, world_size: int | None = None) -> None:
         super().__init__()
-        if not cfg.root:
+        if not cfg.eval_root:
             raise ValueError("data.root is empty: set it to a rest-prep output folder")
         self.cfg = cfg
         self._rank = rank
@@ -191,8 +265,13 @@ class VideoDataModule(L.LightningDataModule):
 
     def stream_dataset(self) -> TrainShardStream:
         rank, _ = self._dist()
+        corpora = self.cfg.corpora
+        if len(corpora) == 1:
+            shards = [split_shards(corpora[0].root, self.cfg.train_split, corpora[0].shard_url)]
+        else:
+            shards = mixture_shards([(c.root, c.shard_url) for c in corpora], self.cfg.train_split, self.cfg.mode)
         stream = TrainShardStream(
-            split_shards(self.cfg.root, self.cfg.train_split, self.cfg.shard_url),
+            shards,
             self.cfg.window,
             self.cfg.batch_size,
             self.cfg.seed,
@@ -200,6 +279,7 @@ class VideoDataModule(L.LightningDataModule):
             self.cfg.epoch_steps,
             lanes=self._lanes(),
             shuffle_buffer=self.cfg.shuffle_buffer,
+            weights=[c.weight for c in corpora],
             cache_bytes=self.cfg.cache_mb << 20,
         )
         stream.start_at(self._resume_step())
@@ -208,24 +288,26 @@ class VideoDataModule(L.LightningDataModule):
     def saved_starts(self, state: dict[str, Any]) -> tuple[int, list[LaneStart]] | None:
         """(epoch, lane starts) of this rank from a checkpoint's stream state, if it fits this run."""
         rank, world = self._dist()
-        ranks, lanes = state["ranks"], self._lanes()
-        if (len(ranks), len(ranks[0]), state["epoch_steps"]) != (world, lanes, self.cfg.epoch_steps):
+        ranks, lanes, corpora = state["ranks"], self._lanes(), len(self.cfg.corpora)
+        saved = (len(ranks), len(ranks[0]), _corpora_of_row(ranks[0][0]), state["epoch_steps"])
+        if saved != (world, lanes, corpora, self.cfg.epoch_steps):
             log.warning(
-                "the checkpoint's stream positions are for %d ranks x %d loader lanes and epoch_steps=%d, this run "
-                "has %d x %d and %d: the current epoch's shard order restarts (not an exact resume; keep "
-                "trainer devices, data.cfg.num_workers and data.cfg.epoch_steps to resume exactly)",
-                len(ranks), len(ranks[0]), state["epoch_steps"], world, lanes, self.cfg.epoch_steps,
+                "the checkpoint's stream positions are for (ranks, loader lanes, training corpora, epoch_steps) = "
+                "%s, this run has %s: the current epoch's shard orders restart (not an exact resume; keep trainer "
+                "devices, data.cfg.num_workers, data.cfg.sources and data.cfg.epoch_steps to resume exactly)",
+                saved, (world, lanes, corpora, self.cfg.epoch_steps),
             )
             return None
         rows = ranks[rank]
-        return rows[0][0], [LaneStart(shard, offset) for _, shard, offset in rows]
+        return rows[0][0], [_start_of_row(row) for row in rows]
 
     def stream_state(self, tracker: PositionTracker) -> dict[str, Any]:
         """The lanes' positions after the batches processed so far, of every rank: ``{"epoch_steps": E,
-        "ranks": [[[epoch, shard, offset] per lane] per rank]}``. A collective under a multi-process
-        strategy: every rank calls it, as Lightning's checkpoint dump does."""
+        "ranks": [[row per lane] per rank]}``, a row ``[epoch, shard, offset]`` for one corpus and ``[epoch,
+        shard_0, offset_0, ..., shard_C-1, offset_C-1, draws]`` for a mixture of C. A collective under a
+        multi-process strategy: every rank calls it, as Lightning's checkpoint dump does."""
         epoch, starts = tracker.positions(self._resume_step())
-        rows = [[epoch, s.shard, s.offset] for s in starts]
+        rows = [_row(epoch, s) for s in starts]
         ranks = [rows]
         if self.trainer is not None and self.trainer.world_size > 1:
             local = torch.tensor(rows, dtype=torch.long, device=self.trainer.strategy.root_device)
@@ -235,7 +317,7 @@ class VideoDataModule(L.LightningDataModule):
     def eval_dataset(self, split: str) -> EvalClipDataset:
         rank, world = self._dist()
         return EvalClipDataset(
-            CorpusIndex.from_manifest(self.cfg.root, split), self.cfg.window, self.cfg.batch_size, rank, world
+            CorpusIndex.from_manifest(self.cfg.eval_root, split), self.cfg.window, self.cfg.batch_size, rank, world
         )
 
     def _loader(self, dataset, cls=DataLoader) -> DataLoader:

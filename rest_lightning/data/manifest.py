@@ -6,6 +6,9 @@ through webdataset's ``gopen``, i.e. ``curl`` for HTTP). Each shard's URL is ``d
 ``{root}`` and ``{path}`` (the manifest's relative path, e.g. ``train/shard-000000.tar``) filled in; the
 default ``{root}/{path}`` is a local path or an HTTP URL beside the manifest, and a ``pipe:`` template reads
 shards from anywhere a command can, e.g. ``pipe:aws s3 cp s3://bucket/corpus/{path} -``.
+
+Several training corpora (``data.cfg.sources``) are each such a root with its own template; they must share
+the media a batch stacks (:func:`media_spec`).
 """
 
 from __future__ import annotations
@@ -69,9 +72,48 @@ def split_entries(manifest: dict[str, Any], split: str, where: str) -> list[dict
     return manifest["splits"][split]["shards"]
 
 
+def _shards(manifest: dict[str, Any], root: str, split: str, shard_url: str) -> list[ShardSource]:
+    template = shard_url or DEFAULT_SHARD_URL
+    entries = split_entries(manifest, split, f"{root}/{MANIFEST_FILE}")
+    return [ShardSource(template.format(root=root, path=e["path"]), int(e["count"])) for e in entries]
+
+
 def split_shards(root: str | Path, split: str, shard_url: str = "") -> list[ShardSource]:
     """The shards of ``split`` in manifest order, each as a URL (see module docstring) and a count."""
-    template = shard_url or DEFAULT_SHARD_URL
     root = str(root).rstrip("/")
-    entries = split_entries(read_manifest(root), split, f"{root}/{MANIFEST_FILE}")
-    return [ShardSource(template.format(root=root, path=e["path"]), int(e["count"])) for e in entries]
+    return _shards(read_manifest(root), root, split, shard_url)
+
+
+def media_spec(manifest: dict[str, Any], mode: str) -> dict[str, Any]:
+    """What every clip of a corpus shares and a batch needs equal across corpora: frame rate, sample rate and
+    frame side (``media``); in latent mode also the latent's channels and side ``(C, h, w)`` and the number of
+    ODE trajectory states (``None``: no ``ode.npy``), as ``collate_clips`` stacks them. The clip length is not
+    compared: every corpus is cut to the same ``data.cfg.latent_frames`` window."""
+    media = manifest.get("media", {})
+    spec = {"fps": media.get("fps"), "sample_rate": media.get("sample_rate"), "size": media.get("size")}
+    if mode == "latent":
+        latent = manifest.get("latent", {}).get("shape")  # (C, 1 + k, h, w) of one clip
+        ode = manifest.get("ode", {}).get("shape")  # (S + 1, C, 1 + k, h, w)
+        spec["latent (C, h, w)"] = [latent[0], *latent[2:]] if latent else None
+        spec["ode states"] = ode[0] if ode else None
+    return spec
+
+
+def mixture_shards(corpora: list[tuple[str, str]], split: str, mode: str) -> list[list[ShardSource]]:
+    """The shards of ``split`` of each corpus ``(root, shard_url)`` of a mixture (``data.cfg.sources``), in
+    order; refuses corpora whose :func:`media_spec` differs from the first one's, naming both values."""
+    shards, first = [], None
+    for root, shard_url in corpora:
+        root = root.rstrip("/")
+        manifest = read_manifest(root)
+        spec = media_spec(manifest, mode)
+        if first is None:
+            first = (root, spec)
+        for key, value in spec.items():
+            if value != first[1][key]:
+                raise ConfigError(
+                    f"data.cfg.sources mixes corpora of different media: {key} is {first[1][key]} in {first[0]} "
+                    f"but {value} in {root}; all corpora must share fps, sample rate, clip size and latent mode"
+                )
+        shards.append(_shards(manifest, root, split, shard_url))
+    return shards

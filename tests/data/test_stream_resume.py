@@ -52,13 +52,15 @@ class KillAfter(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def train(root: str, run: str, workers: int, kill_at: int = -1, ckpt: str | None = None) -> None:
-    """Fit ``KeyRecorder`` for STEPS batches, checkpointing every KILL_AT steps; keys go to ``run/keys.jsonl``."""
+def train(root: str, run: str, workers: int, kill_at: int = -1, ckpt: str | None = None,
+          sources: list[dict] | None = None) -> None:
+    """Fit ``KeyRecorder`` for STEPS batches, checkpointing every KILL_AT steps; keys go to ``run/keys.jsonl``.
+    ``sources``: several training corpora (``data.cfg.sources``), ``root`` then the validation corpus."""
     torch.set_num_threads(1)
     Path(run).mkdir(parents=True, exist_ok=True)
     L.seed_everything(0)
     cfg = DataConfig(root=root, latent_frames=1, batch_size=2, num_workers=workers, epoch_steps=EPOCH_STEPS,
-                     shuffle_buffer=4)
+                     shuffle_buffer=4, sources=sources or [])
     callbacks = [ModelCheckpoint(dirpath=run, filename="{step}", every_n_train_steps=KILL_AT, save_top_k=-1)]
     if kill_at >= 0:
         callbacks.append(KillAfter(kill_at))
@@ -74,15 +76,15 @@ def _keys(run: Path) -> dict[int, list[str]]:
     return {step: keys for step, keys in map(json.loads, (run / "keys.jsonl").read_text().splitlines())}
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_kill9_and_resume_reproduces_batches_and_weights(prepared, tmp_path, workers):
-    cfg, _ = prepared
+def kill9_and_resume(root: str, tmp_path: Path, workers: int, sources: list[dict] | None = None) -> list[list]:
+    """Train straight, train again killed with SIGKILL after the step-KILL_AT checkpoint and resume from it;
+    assert equal batches after KILL_AT and equal weights. Returns the lane rows saved in the checkpoint."""
     straight = tmp_path / "straight"
-    train(cfg.output, str(straight), workers)
+    train(root, str(straight), workers, sources=sources)
 
     killed = tmp_path / "killed"
     code = (f"from tests.data.test_stream_resume import train; "
-            f"train({cfg.output!r}, {str(killed)!r}, {workers}, {KILL_AT})")
+            f"train({root!r}, {str(killed)!r}, {workers}, {KILL_AT}, sources={sources!r})")
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2], capture_output=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-3000:]
     ckpt = killed / f"step={KILL_AT}.ckpt"
@@ -90,11 +92,18 @@ def test_kill9_and_resume_reproduces_batches_and_weights(prepared, tmp_path, wor
     # Lightning's fit loop keeps a stateful loader's state_dict in the checkpoint.
     saved = torch.load(ckpt, weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     lanes = saved["ranks"][0]
-    assert len(lanes) == max(1, workers) and any(offset > 0 for _, _, offset in lanes)  # mid-shard
 
-    train(cfg.output, str(killed), workers, ckpt=str(ckpt))
+    train(root, str(killed), workers, ckpt=str(ckpt), sources=sources)
     full, resumed = _keys(straight), _keys(killed)
     assert sorted(full) == list(range(STEPS))
     assert {s: resumed[s] for s in range(KILL_AT, STEPS)} == {s: full[s] for s in range(KILL_AT, STEPS)}
     a, b = torch.load(straight / "final.pt"), torch.load(killed / "final.pt")
     assert all(torch.equal(a[k], b[k]) for k in a), {k: (a[k] - b[k]).abs().max().item() for k in a}
+    return lanes
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kill9_and_resume_reproduces_batches_and_weights(prepared, tmp_path, workers):
+    cfg, _ = prepared
+    lanes = kill9_and_resume(cfg.output, tmp_path, workers)
+    assert len(lanes) == max(1, workers) and any(offset > 0 for _, _, offset in lanes)  # mid-shard
