@@ -156,7 +156,9 @@ def row_stream(args: argparse.Namespace, size: str) -> dict:
     generator = build_generator(cfg, models)
     build_s = time.perf_counter() - start
     side = resolution_of(cfg, generator)
-    report = run_benchmark(generator, (side, side), cfg.chunks, cfg.warmup_chunks, cfg.speedup_repeats)
+    report = run_benchmark(
+        generator, (side, side), cfg.chunks, cfg.warmup_chunks, cfg.speedup_repeats, cfg.peak_size, cfg.peak_repeats
+    )
     print(format_report(report), flush=True)
     out = report.to_dict()
     steps = report.steps

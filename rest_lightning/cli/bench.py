@@ -23,9 +23,10 @@ log = logging.getLogger(__name__)
 
 SUMMARY = (
     "Benchmark the streaming engine: rest-bench size=tiny|small|rest chunks=N out=bench.json. After a warm-up "
-    "stream, reports first-frame latency, per-chunk latency p50/p95/p99, steady-state FPS, real-time factor, "
-    "peak memory and the ID-Context Cache's speed-up against recomputing the window, with device, dtype and "
-    "sizes; prints a table and writes JSON. Sizes: "
+    "stream, reports first-frame latency, per-chunk latency p50/p95/p99 (the JSON keeps the per-chunk series), "
+    "steady-state FPS, real-time factor, peak memory, the ID-Context Cache's speed-up against recomputing the "
+    "window (median of paired timings, with a 95% interval) and the DiT's MFU vs a matmul peak measured in the "
+    "same run, with device, dtype and sizes; prints a table and writes JSON. Sizes: "
 )
 
 
@@ -34,17 +35,20 @@ def bench(cfg: DictConfig) -> dict:
     from rest_lightning.streaming.benchmark import format_report, run_benchmark
 
     check_size(cfg)
-    if cfg.chunks < 1 or cfg.warmup_chunks < 0 or cfg.speedup_repeats < 1:
+    if cfg.chunks < 1 or cfg.warmup_chunks < 0 or cfg.speedup_repeats < 1 or cfg.peak_size < 1 or cfg.peak_repeats < 1:
         raise ConfigError(
-            f"need chunks >= 1, warmup_chunks >= 0, speedup_repeats >= 1; got {cfg.chunks}, {cfg.warmup_chunks}, "
-            f"{cfg.speedup_repeats}"
+            f"need chunks >= 1, warmup_chunks >= 0, speedup_repeats >= 1, peak_size >= 1, peak_repeats >= 1; got "
+            f"chunks={cfg.chunks}, warmup_chunks={cfg.warmup_chunks}, speedup_repeats={cfg.speedup_repeats}, "
+            f"peak_size={cfg.peak_size}, peak_repeats={cfg.peak_repeats}"
         )
     from rest_lightning.generation import build_generator, build_models, resolution_of
 
     models = build_models(cfg)
     generator = build_generator(cfg, models)
     side = resolution_of(cfg, generator, models)
-    report = run_benchmark(generator, (side, side), cfg.chunks, cfg.warmup_chunks, cfg.speedup_repeats)
+    report = run_benchmark(
+        generator, (side, side), cfg.chunks, cfg.warmup_chunks, cfg.speedup_repeats, cfg.peak_size, cfg.peak_repeats
+    )
     result = report.to_dict()
     result["size"] = cfg.size
     print(format_report(report), flush=True)

@@ -15,7 +15,13 @@ Self-attention never builds a token-by-token mask for a whole clip:
   compute is the windowed one, not the full clip's.
 - one chunk with cached context (streaming): queries of the chunk attend to ``[ID-Sink, context
   chunks, itself]`` read from a ``WindowKV``; keys arrive before rotary and are rotated here, at read
-  time, at their window positions (``ChunkPlan``), so a cache never stores a position.
+  time, at their window positions (``ChunkPlan``), so a cache never stores a position. A window from
+  an ``IDContextCache`` carries ``WindowBuffers``: preallocated operands laid out ``[sink, context,
+  chunk]``, values already in place, so outside autograd the layer rotates the keys *into* them and
+  writes the chunk's own keys/values into their last slot, with no concatenation and no allocation
+  that grows with the window; its ``ChunkPlan`` comes from the cache's ``ChunkPlans`` (built once per
+  context length). Under autograd (the student's exit step) the layer rotates and concatenates into
+  new tensors, since backward needs its operands kept and the buffers are shared and rewritten.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rest_lightning.models.rope import Rotary, RotaryEmbedding, grid_coords
+from rest_lightning.models.rope import PAIR, Rotary, RotaryEmbedding, grid_coords
 
 PatternKind = Literal["bidirectional", "block_causal"]
 PATTERN_KINDS: tuple[str, ...] = ("bidirectional", "block_causal")
@@ -121,6 +127,32 @@ class LayerKV:
 
 
 @dataclass(frozen=True)
+class WindowBuffers:
+    """Preallocated attention operands of one layer's window, laid out ``[sink, context, chunk]`` (given
+    by ``IDContextCache.read``; module doc). ``Ns`` = sink tokens (0 without a sink), ``k`` = context chunks.
+
+    Fields:
+        keys: ``(B, Ns + (k + 1) * Lc, D)``, rewritten by every call with the rotated keys (one buffer
+            shared by all layers of a cache: a layer's rotated keys are dead once its attention ran).
+        values: ``(B, Ns + (k + 1) * Lc, D)``: the sink's and the context's values in place (the window's
+            ``sink.values`` / ``context.values`` are views of it), the chunk's own values written last.
+        sink_keys, context_keys, chunk_keys: the parts of ``keys`` (``None`` where the part is empty).
+        chunk_values: the last ``Lc`` rows of ``values``.
+        work: float32 ``(1 or 2, B, max(Ns, k * Lc, Lc) or more, D)``: rotation scratch (``rotate_into``).
+        plans: the cache's ``ChunkPlans`` (rotary tables built once per context length).
+    """
+
+    keys: Tensor
+    values: Tensor
+    sink_keys: Tensor | None
+    context_keys: Tensor | None
+    chunk_keys: Tensor
+    chunk_values: Tensor
+    work: Tensor
+    plans: ChunkPlans
+
+
+@dataclass(frozen=True)
 class WindowKV:
     """What one chunk reads at one layer besides its own keys/values: the ID-Sink (reference tokens,
     ``None`` when the model runs without a reference) and the Context-Cache chunks, oldest first.
@@ -130,11 +162,13 @@ class WindowKV:
         context: keys/values of ``num_context_chunks`` chunks, ``(B, num_context_chunks * Lc, D)``, oldest
             first; ``None`` exactly when ``num_context_chunks == 0`` (the first chunk of a stream).
         num_context_chunks: chunks in ``context`` (0 .. W).
+        buffers: preallocated operands (a cache's window) or ``None`` (rotate and concatenate anew).
     """
 
     sink: LayerKV | None
     context: LayerKV | None
     num_context_chunks: int
+    buffers: WindowBuffers | None = None
 
     def __post_init__(self) -> None:
         if (self.context is None) != (self.num_context_chunks == 0):
@@ -142,6 +176,22 @@ class WindowKV:
                 f"WindowKV.context must be None exactly when num_context_chunks == 0, got "
                 f"num_context_chunks={self.num_context_chunks} and context={'None' if self.context is None else 'set'}"
             )
+
+    def chunk_plan(
+        self,
+        pattern: AttentionPattern,
+        height: int,
+        width: int,
+        rope: RotaryEmbedding,
+        ref_time_position: float,
+        device: torch.device,
+    ) -> ChunkPlan:
+        """The ``ChunkPlan`` of a chunk reading this window: from the cache's ``ChunkPlans`` when the window
+        has buffers (no tables rebuilt per call), else built (``build_chunk_plan``)."""
+        args = (pattern, self.num_context_chunks, height, width, self.sink is not None, rope, ref_time_position, device)
+        if self.buffers is not None:
+            return self.buffers.plans.get(*args)
+        return build_chunk_plan(*args)
 
 
 @dataclass(frozen=True)
@@ -233,6 +283,62 @@ def build_attention_plan(
     )
 
 
+@dataclass(frozen=True)
+class WindowRotary:
+    """Rotary tables of every position a chunk of a ``block_causal`` window can read: window slots
+    ``0 .. W`` (``slots``, ``((W + 1) * Lc, D)``) and the ID-Sink (``sink``, ``(Lr, D)`` or ``None``). A
+    ``ChunkPlan`` for k context chunks is a pair of slices of ``slots``: rows ``[0, k Lc)`` for the context,
+    ``[k Lc, (k + 1) Lc)`` for the chunk itself. Built once per window by ``ChunkPlans``, per call otherwise;
+    the same computation either way, so both give the same bits."""
+
+    slots: Rotary
+    sink: Rotary | None
+    chunk_tokens: int
+
+    def plan(self, num_context_chunks: int) -> ChunkPlan:
+        lc, k = self.chunk_tokens, num_context_chunks
+
+        def rows(begin: int, end: int) -> Rotary:
+            return Rotary(self.slots.cos[begin:end], self.slots.sin[begin:end])
+
+        return ChunkPlan(rows(k * lc, (k + 1) * lc), rows(0, k * lc), self.sink, k)
+
+    def nbytes(self) -> int:
+        tables = [self.slots] + ([self.sink] if self.sink is not None else [])
+        return sum(t.numel() * t.element_size() for r in tables for t in (r.cos, r.sin))
+
+
+def build_window_rotary(
+    pattern: AttentionPattern,
+    height: int,
+    width: int,
+    has_sink: bool,
+    rope: RotaryEmbedding,
+    ref_time_position: float,
+    device: torch.device,
+) -> WindowRotary:
+    """The ``WindowRotary`` of a ``block_causal`` pattern on an ``height x width`` latent grid."""
+    if not pattern.is_causal:
+        raise ValueError(
+            "a chunk with cached context needs AttentionPattern(kind='block_causal'); the bidirectional "
+            "teacher sees future frames, which a stream does not have"
+        )
+    slots = torch.arange(pattern.window + 1, device=device)
+    slot_rotary = rope(grid_coords(_slot_times(slots, pattern.chunk_frames).flatten(), height, width))
+    sink_rotary = None
+    if has_sink:
+        sink_rotary = rope(grid_coords(torch.full((1,), ref_time_position, device=device), height, width))
+    return WindowRotary(slot_rotary, sink_rotary, pattern.chunk_frames * height * width)
+
+
+def _check_context_fits(pattern: AttentionPattern, num_context_chunks: int) -> None:
+    if not 0 <= num_context_chunks <= pattern.window:
+        raise ValueError(
+            f"{num_context_chunks} context chunks do not fit AttentionPattern.window={pattern.window}; "
+            "evict the oldest before reading"
+        )
+
+
 def build_chunk_plan(
     pattern: AttentionPattern,
     num_context_chunks: int,
@@ -244,26 +350,59 @@ def build_chunk_plan(
     device: torch.device,
 ) -> ChunkPlan:
     """Plan one chunk reading ``num_context_chunks`` cached chunks (``0 .. pattern.window``)."""
-    if not pattern.is_causal:
-        raise ValueError(
-            "a chunk with cached context needs AttentionPattern(kind='block_causal'); the bidirectional "
-            "teacher sees future frames, which a stream does not have"
-        )
-    if not 0 <= num_context_chunks <= pattern.window:
-        raise ValueError(
-            f"{num_context_chunks} context chunks do not fit AttentionPattern.window={pattern.window}; "
-            "evict the oldest before reading"
-        )
-    own_slot = torch.tensor([num_context_chunks], device=device)
-    query_rotary = rope(grid_coords(_slot_times(own_slot, pattern.chunk_frames).flatten(), height, width))
-    context_slots = torch.arange(num_context_chunks, device=device)
-    context_rotary = rope(
-        grid_coords(_slot_times(context_slots, pattern.chunk_frames).flatten(), height, width)
-    )
-    sink_rotary = None
-    if has_sink:
-        sink_rotary = rope(grid_coords(torch.full((1,), ref_time_position, device=device), height, width))
-    return ChunkPlan(query_rotary, context_rotary, sink_rotary, num_context_chunks)
+    window_rotary = build_window_rotary(pattern, height, width, has_sink, rope, ref_time_position, device)
+    _check_context_fits(pattern, num_context_chunks)
+    return window_rotary.plan(num_context_chunks)
+
+
+class ChunkPlans:
+    """The ``WindowRotary`` of each window a cache is read with, built once and kept (a cache holds one
+    ``ChunkPlans``): a stream then builds no rotary table per call (it would allocate ``(W + 1) Lc + Lr``
+    rows of cos and sin each time). Plans are slices of it, equal bit for bit to ``build_chunk_plan``'s."""
+
+    def __init__(self) -> None:
+        self._tables: dict[tuple, WindowRotary] = {}
+
+    def get(
+        self,
+        pattern: AttentionPattern,
+        num_context_chunks: int,
+        height: int,
+        width: int,
+        has_sink: bool,
+        rope: RotaryEmbedding,
+        ref_time_position: float,
+        device: torch.device,
+    ) -> ChunkPlan:
+        # The rope module is keyed by identity: its scales are fixed at construction.
+        key = (pattern, height, width, has_sink, id(rope), ref_time_position, str(device))
+        tables = self._tables.get(key)
+        if tables is None:
+            tables = build_window_rotary(pattern, height, width, has_sink, rope, ref_time_position, device)
+            self._tables[key] = tables
+        _check_context_fits(pattern, num_context_chunks)
+        return tables.plan(num_context_chunks)
+
+    def nbytes(self) -> int:
+        """Bytes of the tables built so far (one ``WindowRotary`` per window and resolution read)."""
+        return sum(tables.nbytes() for tables in self._tables.values())
+
+
+def rotate_into(rotary: Rotary, x: Tensor, out: Tensor, work: Tensor) -> None:
+    """``out[...] = rotary.apply(x)`` for ``x, out (B, N, D)``, bit for bit (the same float32 products and
+    sum), written into ``out`` through ``work`` instead of new tensors. ``work``: float32 ``(1, B, >= N, D)``
+    when ``out`` is float32 (it is the accumulator then), ``(2, B, >= N, D)`` otherwise."""
+    tokens = x.shape[-2]
+    rotated = work[0, :, :tokens]
+    x_float = out if out.dtype == torch.float32 else work[1, :, :tokens]
+    x_float.copy_(x)  # x.float()
+    # rotated * sin with rotated = (-x_odd, x_even) interleaved; (-a) * b == -(a * b) exactly
+    torch.mul(x_float[..., 1::PAIR], rotary.sin[..., 0::PAIR], out=rotated[..., 0::PAIR])
+    rotated[..., 0::PAIR].neg_()
+    torch.mul(x_float[..., 0::PAIR], rotary.sin[..., 1::PAIR], out=rotated[..., 1::PAIR])
+    x_float.mul_(rotary.cos).add_(rotated)
+    if x_float is not out:
+        out.copy_(x_float)  # .to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -368,9 +507,6 @@ class SelfAttention(Attention):
             )
         if (window.sink is None) != (plan.sink_rotary is None):
             raise ValueError("WindowKV.sink and the ChunkPlan disagree on whether there is an ID-Sink")
-        own = self.keys_values(x_chunk)
-        q = plan.query_rotary.apply(self.queries(x_chunk))
-        keys, values = [plan.query_rotary.apply(own.keys)], [own.values]
         if window.context is not None:
             expected = window.num_context_chunks * x_chunk.shape[1]
             if window.context.keys.shape[1] != expected:
@@ -378,6 +514,12 @@ class SelfAttention(Attention):
                     f"WindowKV.context holds {window.context.keys.shape[1]} tokens; {window.num_context_chunks} "
                     f"chunks of {x_chunk.shape[1]} tokens need {expected}"
                 )
+        own = self.keys_values(x_chunk)
+        q = plan.query_rotary.apply(self.queries(x_chunk))
+        if window.buffers is not None and not torch.is_grad_enabled():
+            return self._attend_in_buffers(q, own, window, window.buffers, plan), own
+        keys, values = [plan.query_rotary.apply(own.keys)], [own.values]
+        if window.context is not None:
             keys.insert(0, plan.context_rotary.apply(window.context.keys))
             values.insert(0, window.context.values)
         if window.sink is not None:
@@ -385,6 +527,21 @@ class SelfAttention(Attention):
             keys.insert(0, plan.sink_rotary.apply(window.sink.keys))
             values.insert(0, window.sink.values)
         return self.attend(q, torch.cat(keys, dim=1), torch.cat(values, dim=1)), own
+
+    def _attend_in_buffers(
+        self, q: Tensor, own: LayerKV, window: WindowKV, buffers: WindowBuffers, plan: ChunkPlan
+    ) -> Tensor:
+        """``forward_chunk`` on a cache's window: rotate ``[sink, context, chunk]`` keys into ``buffers.keys``,
+        put the chunk's values after the cached ones, attend over both (no concatenation)."""
+        if window.sink is not None:
+            assert plan.sink_rotary is not None and buffers.sink_keys is not None
+            rotate_into(plan.sink_rotary, window.sink.keys, buffers.sink_keys, buffers.work)
+        if window.context is not None:
+            assert buffers.context_keys is not None
+            rotate_into(plan.context_rotary, window.context.keys, buffers.context_keys, buffers.work)
+        rotate_into(plan.query_rotary, own.keys, buffers.chunk_keys, buffers.work)
+        buffers.chunk_values.copy_(own.values)
+        return self.attend(q, buffers.keys, buffers.values)
 
 
 class FrameCrossAttention(Attention):

@@ -61,7 +61,6 @@ from rest_lightning.models.attention import (
     SelfAttention,
     WindowKV,
     build_attention_plan,
-    build_chunk_plan,
 )
 from rest_lightning.models.rope import Rotary, RotaryEmbedding, grid_coords
 
@@ -506,16 +505,7 @@ class DiT(nn.Module):
                 f"give one WindowKV per layer ({len(self.transformer_blocks)}), got {len(windows)}"
             )
         first = windows[0]
-        plan = build_chunk_plan(
-            pattern,
-            first.num_context_chunks,
-            height,
-            width,
-            first.sink is not None,
-            self.rope,
-            self.config.ref_time_position,
-            latents.device,
-        )
+        plan = first.chunk_plan(pattern, height, width, self.rope, self.config.ref_time_position, latents.device)
         x = self._tokens(latents)
         temb, embedded = self.time_embed(timesteps)
         audio_tokens = self._audio_tokens(audio, drop_audio, batch, frames)

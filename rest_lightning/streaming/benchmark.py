@@ -9,7 +9,17 @@
   faster than real time);
 - cache speed-up: the DiT work of one chunk with a full cache (``steps`` cached calls + the clean pass)
   against what a cache-less engine does for the same chunk: ``steps`` block-causal forwards over
-  ``[reference, W context chunks, chunk]``, recomputing the reference and the context every step.
+  ``[reference, W context chunks, chunk]``, recomputing the reference and the context every step. Timed
+  as *pairs*: each repeat times one cached and one recomputing chunk back to back (their order
+  alternating), so both see the same machine state; the speed-up is the median of the per-pair ratios
+  recomputed / cached, with a distribution-free 95% interval of that median (order statistics of the
+  ratios, ``median_interval``). Two unpaired medians on a loaded machine disagreed by 2.5x between runs;
+- efficiency, "MFU vs measured matmul peak": the model part is the DiT work of one cached chunk (the
+  ``steps`` calls + the clean pass, as in the speed-up), its FLOPs counted by
+  ``torch.utils.flop_counter.FlopCounterMode`` over one such chunk (matmuls and attention; elementwise
+  work is not counted), divided by the median of its paired timings: the achieved FLOP/s. The peak is the
+  best FLOP/s of ``peak_repeats`` square ``peak_size`` matmuls in float32 and bfloat16 on the same device,
+  measured in the same run (the better dtype wins); MFU = achieved / peak.
 """
 
 from __future__ import annotations
@@ -24,12 +34,16 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from rest_lightning.streaming.generator import StreamingGenerator
 
 PERCENTILES = (50, 95, 99)
 SAMPLE_POSITIONS = (10, 200)  # chunk indices whose latency the report quotes (flat over a stream?)
 SAMPLE_HALF_WIDTH = 5  # a quoted latency is the median over chunks i-5 .. i+5 (one chunk alone is noisy)
+CONFIDENCE = 0.95  # coverage of the speed-up's interval
+PEAK_DTYPES = (torch.float32, torch.bfloat16)  # the matmul peak is the better of the two
 
 
 @dataclass(frozen=True)
@@ -41,11 +55,16 @@ class BenchReport:
     rtf: float
     chunk_latency_s: dict[str, float]  # p50 / p95 / p99 / mean / max over the timed stream
     peak_memory_bytes: int
-    cache_speedup: float
+    cache_speedup: float  # median over pairs of recomputed / cached
     chunk_time_s: dict[str, float]  # per-chunk wall time, cache write included
     chunk_latency_at_s: dict[str, float]  # median latency around chunks SAMPLE_POSITIONS the stream reaches
-    dit_chunk_cached_s: float
-    dit_chunk_recompute_s: float
+    dit_chunk_cached_s: float  # median of the paired cached timings
+    dit_chunk_recompute_s: float  # median of the paired recomputing timings
+    cache_speedup_interval: list[float]  # CONFIDENCE interval of the median ratio (order statistics)
+    cache_speedup_pairs: int
+    chunk_latency_series_s: list[float]  # per chunk of the timed stream, in order
+    chunk_time_series_s: list[float]
+    efficiency: dict[str, float | int | str]  # "MFU vs measured matmul peak" (module doc)
     cache_bytes: int
     peak_memory_kind: str
     chunks: int
@@ -60,6 +79,33 @@ class BenchReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class AllocationCounter(TorchDispatchMode):
+    """Counts the tensors aten ops allocate while active: every returned tensor that is not a view or an
+    in-place / ``out=`` result of an input (per the op's schema) is a new allocation. Device-independent
+    (CPU has no allocator statistics; on CUDA ``torch.cuda.memory_stats`` agrees with it). Kernel
+    workspaces that never surface as tensors (e.g. inside a fused attention) are not seen.
+
+    Fields (read after the ``with`` block): ``bytes`` allocated in all, ``count`` of tensors, ``largest``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+        self.count = 0
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        results = out if isinstance(out, tuple | list) else (out,)
+        for declared, value in zip(func._schema.returns, results, strict=False):
+            if declared.alias_info is None and isinstance(value, Tensor):
+                size = value.numel() * value.element_size()
+                self.bytes += size
+                self.count += 1
+                self.largest = max(self.largest, size)
+        return out
 
 
 def _sync(device: torch.device) -> None:
@@ -117,21 +163,75 @@ def _timed_stream(generator: StreamingGenerator, ref: Tensor, num_chunks: int, s
     return source.handed, out_times, frames, samples
 
 
-@torch.inference_mode()
-def _median_time(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
+def _seconds(fn, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def median_interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Distribution-free interval of the median of independent ``values``: the order statistics
+    ``(x_(j), x_(n+1-j))`` with the largest j such that ``P(j <= Binomial(n, 1/2) <= n - j) >= confidence``.
+    Needs ``n >= 6`` at 95%; with fewer values it is ``(min, max)``, whose coverage is below ``confidence``."""
+    ordered, n = sorted(values), len(values)
+    # P(Binomial(n, 1/2) < j), accumulated until it exceeds half the allowed miss
+    best, tail = 1, 0.0
+    for j in range(1, n // 2 + 1):
+        tail += math.comb(n, j - 1) / 2**n
+        if 2 * tail > 1 - confidence:
+            break
+        best = j
+    return ordered[best - 1], ordered[n - best]
+
+
+@dataclass(frozen=True)
+class PairedTimes:
+    """``cache_speedup``'s result: seconds per repeat of the cached and the recomputing chunk, paired."""
+
+    cached_s: list[float]
+    recompute_s: list[float]
+    flops: int  # of one cached chunk (FlopCounterMode)
+
+    @property
+    def ratios(self) -> list[float]:
+        return [r / c for c, r in zip(self.cached_s, self.recompute_s, strict=True)]
+
+
+def _count_flops(fn) -> int:
+    """FLOPs of ``fn()`` by ``FlopCounterMode`` (matmuls, attention); CPU's fused attention op is not in
+    torch's table, so it is counted here with torch's own attention formula."""
+
+    def cpu_attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    counter = FlopCounterMode(
+        display=False, custom_mapping={torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention}
+    )
+    with counter:
         fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return counter.get_total_flops()
 
 
-def cache_speedup(generator: StreamingGenerator, latent_grid: tuple[int, int], repeats: int) -> tuple[float, float]:
-    """Seconds of DiT work for one chunk with a full cache, and recomputing the window (module doc)."""
+@torch.inference_mode()
+def matmul_peaks(device: torch.device, size: int, repeats: int) -> dict[str, float]:
+    """The best FLOP/s of ``repeats`` ``size x size`` matmuls on ``device`` (after one warm-up), per dtype of
+    ``PEAK_DTYPES``."""
+    rates = {}
+    for dtype in PEAK_DTYPES:
+        g = torch.Generator().manual_seed(0)
+        a = torch.randn(size, size, generator=g).to(device, dtype)
+        b = torch.randn(size, size, generator=g).to(device, dtype)
+        torch.mm(a, b)  # warm-up
+        seconds = min(_seconds(lambda: torch.mm(a, b), device) for _ in range(repeats))  # noqa: B023
+        rates[str(dtype).removeprefix("torch.")] = 2 * size**3 / seconds
+    return rates
+
+
+def cache_speedup(generator: StreamingGenerator, latent_grid: tuple[int, int], repeats: int) -> PairedTimes:
+    """Seconds of DiT work for one chunk with a full cache, and recomputing the window, timed in pairs
+    (module doc), and the FLOPs of one cached chunk."""
     dit, config, device, dtype = generator.dit, generator.config, generator.device, generator.dtype
     height, width = latent_grid
     cf, window, steps = config.chunk_frames, config.window, len(config.timesteps)
@@ -169,7 +269,19 @@ def cache_speedup(generator: StreamingGenerator, latent_grid: tuple[int, int], r
         for _ in range(steps):
             dit(window_latents, window_times, audio_window, ref, pattern)
 
-    return _median_time(cached, repeats, device), _median_time(recompute, repeats, device)
+    cached_s, recompute_s = [], []
+    with torch.inference_mode():
+        cached(), recompute()  # warm-up
+        for i in range(repeats):
+            # one pair per repeat, back to back; who goes first alternates (no order bias)
+            if i % 2 == 0:
+                cached_s.append(_seconds(cached, device))
+                recompute_s.append(_seconds(recompute, device))
+            else:
+                recompute_s.append(_seconds(recompute, device))
+                cached_s.append(_seconds(cached, device))
+        flops = _count_flops(cached)
+    return PairedTimes(cached_s, recompute_s, flops)
 
 
 def run_benchmark(
@@ -178,12 +290,15 @@ def run_benchmark(
     num_chunks: int,
     warmup_chunks: int,
     speedup_repeats: int,
+    peak_size: int,
+    peak_repeats: int,
 ) -> BenchReport:
-    """Warm up with a stream of ``warmup_chunks``, then time a stream of ``num_chunks`` (module doc)."""
-    if num_chunks < 1 or warmup_chunks < 0 or speedup_repeats < 1:
+    """Warm up with a stream of ``warmup_chunks``, then time a stream of ``num_chunks``, the paired cache
+    speed-up and the matmul peak (module doc)."""
+    if num_chunks < 1 or warmup_chunks < 0 or speedup_repeats < 1 or peak_size < 1 or peak_repeats < 1:
         raise ValueError(
-            f"need chunks >= 1, warmup_chunks >= 0, speedup_repeats >= 1; got {num_chunks}, {warmup_chunks}, "
-            f"{speedup_repeats}"
+            f"need chunks >= 1, warmup_chunks >= 0, speedup_repeats >= 1, peak_size >= 1, peak_repeats >= 1; got "
+            f"{num_chunks}, {warmup_chunks}, {speedup_repeats}, {peak_size}, {peak_repeats}"
         )
     device = generator.device
     height, width = resolution
@@ -206,7 +321,11 @@ def run_benchmark(
         peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, "cpu_peak_rss"
     ratio = generator.spatial_compression
     latent_grid = (height // ratio, width // ratio)
-    cached_s, recompute_s = cache_speedup(generator, latent_grid, speedup_repeats)
+    paired = cache_speedup(generator, latent_grid, speedup_repeats)
+    cached_s, recompute_s = statistics.median(paired.cached_s), statistics.median(paired.recompute_s)
+    matmul_rates = matmul_peaks(device, peak_size, peak_repeats)
+    peak_dtype = max(matmul_rates, key=matmul_rates.__getitem__)
+    achieved = paired.flops / cached_s
     dit_config = generator.dit.config
     return BenchReport(
         first_frame_latency_s=latencies[0],
@@ -214,7 +333,7 @@ def run_benchmark(
         rtf=wall / audio_seconds,
         chunk_latency_s=_percentiles(latencies),
         peak_memory_bytes=int(peak),
-        cache_speedup=recompute_s / cached_s,
+        cache_speedup=statistics.median(paired.ratios),
         chunk_time_s=_percentiles(chunk_times),
         chunk_latency_at_s={
             str(i): statistics.median(latencies[max(0, i - SAMPLE_HALF_WIDTH) : i + SAMPLE_HALF_WIDTH + 1])
@@ -223,6 +342,21 @@ def run_benchmark(
         },
         dit_chunk_cached_s=cached_s,
         dit_chunk_recompute_s=recompute_s,
+        cache_speedup_interval=list(median_interval(paired.ratios)),
+        cache_speedup_pairs=len(paired.ratios),
+        chunk_latency_series_s=latencies,
+        chunk_time_series_s=chunk_times,
+        efficiency={
+            "name": "MFU vs measured matmul peak",
+            "model_part": "DiT work of one cached chunk (steps forward_chunk calls + the clean pass)",
+            "flops_per_chunk": paired.flops,
+            "achieved_flops_per_s": achieved,
+            "peak_flops_per_s": matmul_rates[peak_dtype],
+            "peak_dtype": peak_dtype,
+            "peak_matmul_size": peak_size,
+            "mfu": achieved / matmul_rates[peak_dtype],
+            **{f"matmul_{name}_flops_per_s": rate for name, rate in matmul_rates.items()},
+        },
         cache_bytes=generator.new_cache(1, latent_grid).nbytes(),
         peak_memory_kind=kind,
         chunks=num_chunks,
@@ -240,6 +374,9 @@ def run_benchmark(
 def format_report(report: BenchReport) -> str:
     """A table for the terminal."""
     lat, per = report.chunk_latency_s, report.chunk_time_s
+    (low, high), eff = report.cache_speedup_interval, report.efficiency
+    own_peak = eff.get(f"matmul_{report.dtype}_flops_per_s")  # the model's dtype, when it is one of PEAK_DTYPES
+    same_dtype = f"; {eff['achieved_flops_per_s'] / own_peak:.1%} of the {report.dtype} one" if own_peak else ""
     rows = [
         ("device / dtype", f"{report.device} / {report.dtype}"),
         ("model", f"DiT {report.dit['num_layers']} x {report.dit['width']}, {report.resolution[0]}x{report.resolution[1]}, "
@@ -256,8 +393,13 @@ def format_report(report: BenchReport) -> str:
     rows += [
         ("steady-state FPS", f"{report.fps:.2f} (real time: 25)"),
         ("real-time factor", f"{report.rtf:.3f} (< 1 is faster than real time)"),
-        ("cache speed-up", f"{report.cache_speedup:.2f}x (DiT per chunk {report.dit_chunk_cached_s * 1e3:.1f} ms "
-                           f"cached vs {report.dit_chunk_recompute_s * 1e3:.1f} ms recomputing the window)"),
+        ("cache speed-up", f"{report.cache_speedup:.2f}x, {CONFIDENCE:.0%} interval {low:.2f}-{high:.2f}x "
+                           f"(median of {report.cache_speedup_pairs} paired ratios; DiT per chunk "
+                           f"{report.dit_chunk_cached_s * 1e3:.1f} ms cached vs {report.dit_chunk_recompute_s * 1e3:.1f} ms "
+                           "recomputing the window)"),
+        (str(eff["name"]), f"{eff['mfu']:.2%} (DiT cached chunk {eff['achieved_flops_per_s'] / 1e9:.2f} GFLOP/s, "
+                           f"{eff['flops_per_chunk'] / 1e6:.1f} MFLOP per chunk; peak {eff['peak_flops_per_s'] / 1e9:.1f} "
+                           f"GFLOP/s = best {eff['peak_dtype']} {eff['peak_matmul_size']}^2 matmul{same_dtype})"),
         ("cache bytes", f"{report.cache_bytes:,}"),
         (f"peak memory ({report.peak_memory_kind})", f"{report.peak_memory_bytes / 2**20:.1f} MiB"),
     ]

@@ -10,13 +10,24 @@ Every self-attention layer keeps
 Keys are stored *before* rotary (what ``DiT.forward_chunk`` returns): positions are applied by the DiT
 when it reads a window, at the window's slots, so they stay bounded however long the stream runs.
 
-Memory layout. All buffers are allocated once, in ``__init__``, as non-persistent buffers:
-``sink_keys/sink_values (num_layers, B, Lr, D)`` and ``ring_keys/ring_values (num_layers, B, 2 W Lc, D)``.
-The ring is *mirrored*: chunk number n is written at slot ``n mod W`` and again at slot ``n mod W + W``,
-so the last ``k <= W`` chunks, oldest first, are always the contiguous slots ``[s, s + k)`` with
-``s = (n + 1 - k) mod W``: ``read`` returns views, never a copy or a concatenation, and ``write`` costs
-two copies of one chunk. The price is twice the context's bytes (the sink is stored once); a ring of W
-slots would need a gather (a copy of the whole context) on every read, i.e. on every denoising step.
+Memory layout. All buffers are allocated once, in ``__init__``, as non-persistent buffers, laid out so
+the attention of a chunk reads them without concatenating (``models/attention.py``, ``WindowBuffers``):
+
+- ``sink_keys (num_layers, B, Lr, D)`` and ``context_keys (num_layers, B, W Lc, D)``: keys before rotary,
+  the context oldest first;
+- ``values (num_layers, B, Lr + W Lc + Lc, D)``: ``[sink, context oldest first, one chunk slot]``, so a
+  layer's values ``[sink, context, chunk]`` are one contiguous slice once the chunk's own values are
+  written into the slot;
+- ``window_keys (B, Lr + (W + 1) Lc, D)``: the rotated keys ``[sink, context, chunk]`` of the layer being
+  computed, rewritten by every call (shared by all layers: a layer's rotated keys are dead once its
+  attention ran), and ``rotation_work``, float32 scratch of the largest part rotated at once.
+
+The context stays oldest first by shifting: ``evict`` moves the W - 1 younger chunks one slot down
+(W - 1 chunk copies, once per chunk) and ``write`` fills the last slot. Per layer that is
+``2 Lr + (2 W + 1) Lc`` tokens of keys and values (a mirrored ring read as views held ``2 Lr + 4 W Lc``
+and still made every call rotate into new tensors and concatenate them), plus the shared
+``Lr + (W + 1) Lc`` and the scratch. The ``ChunkPlans`` (rotary tables, one per context length
+0 .. W) are built on first use and kept.
 
 Switches (the paper's ablations, DESIGN §4.3): ``use_id_sink=False`` reads no sink (the stream runs as if
 there were no reference); ``use_context_cache=False`` keeps no chunks, so every chunk sees only itself
@@ -29,11 +40,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from rest_lightning.models.attention import LayerKV, WindowKV
-
-MIRROR = 2  # each chunk is stored twice in the ring (module doc)
+from rest_lightning.models.attention import ChunkPlans, LayerKV, WindowBuffers, WindowKV
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,7 @@ class CacheShape:
 
 
 class IDContextCache(nn.Module):
-    """ID-Sink + mirrored ring of the last W chunks, per layer (module doc).
+    """ID-Sink + the last W chunks, oldest first, per layer, in attention-ready buffers (module doc).
 
     Life cycle of one stream::
 
@@ -99,7 +108,7 @@ class IDContextCache(nn.Module):
         for each chunk:
             windows = cache.read()         # one WindowKV per layer, oldest context chunk first
             ... denoise with dit.forward_chunk(..., windows, pattern) ...
-            cache.write(dit.forward_chunk(clean, zeros, ..., cache.read(), pattern).kv)
+            cache.write(dit.forward_chunk(clean, zeros, ..., windows, pattern).kv)
 
     Args:
         config: window and switches.
@@ -117,14 +126,26 @@ class IDContextCache(nn.Module):
         super().__init__()
         self.config = config
         self.shape = shape
-        sink_shape = (shape.num_layers, shape.batch, shape.sink_tokens if config.use_id_sink else 0, shape.width)
-        ring_tokens = MIRROR * config.capacity * shape.chunk_tokens
-        ring_shape = (shape.num_layers, shape.batch, ring_tokens, shape.width)
+        layers, batch, width, lc = shape.num_layers, shape.batch, shape.width, shape.chunk_tokens
+        self._sink_tokens = shape.sink_tokens if config.use_id_sink else 0  # Ns, tokens held for the sink
+        context_tokens = config.capacity * lc
+        window_tokens = self._sink_tokens + context_tokens + lc  # [sink, context, chunk]
+        rotated_at_once = max(self._sink_tokens, context_tokens, lc)  # the largest part rotate_into handles
+        # float32 buffers accumulate the rotation in place; other dtypes need a float32 accumulator too
+        work_planes = 1 if dtype == torch.float32 else 2
+
+        def zeros(*size: int, dtype: torch.dtype = dtype) -> Tensor:
+            return torch.zeros(size, dtype=dtype, device=device)
+
         # Non-persistent: a cache is per-stream state, never part of a checkpoint.
-        self.register_buffer("sink_keys", torch.zeros(sink_shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("sink_values", torch.zeros(sink_shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("ring_keys", torch.zeros(ring_shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("ring_values", torch.zeros(ring_shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("sink_keys", zeros(layers, batch, self._sink_tokens, width), persistent=False)
+        self.register_buffer("context_keys", zeros(layers, batch, context_tokens, width), persistent=False)
+        self.register_buffer("values", zeros(layers, batch, window_tokens, width), persistent=False)
+        self.register_buffer("window_keys", zeros(batch, window_tokens, width), persistent=False)
+        self.register_buffer(
+            "rotation_work", zeros(work_planes, batch, rotated_at_once, width, dtype=torch.float32), persistent=False
+        )
+        self._plans = ChunkPlans()
         self._has_sink = False
         self._chunks_written = 0  # chunks written since reset (the stream position)
         self._num_context_chunks = 0  # chunks currently held, 0 .. capacity
@@ -147,13 +168,15 @@ class IDContextCache(nn.Module):
         return self._num_context_chunks
 
     def nbytes(self) -> int:
-        """Bytes of every buffer the cache holds (allocated once: constant over a stream)."""
-        return sum(buffer.numel() * buffer.element_size() for buffer in self.buffers())
+        """Bytes the cache holds: its buffers (allocated once) and the rotary tables of its ``ChunkPlans``
+        (built on first use, one per context length, so constant from chunk W + 1 on)."""
+        buffers = sum(buffer.numel() * buffer.element_size() for buffer in self.buffers())
+        return buffers + self._plans.nbytes()
 
     # --- verbs --------------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget the sink and the context (a new stream); the buffers are kept and reused."""
+        """Forget the sink and the context (a new stream); the buffers and rotary tables are kept."""
         self._has_sink = False
         self._chunks_written = 0
         self._num_context_chunks = 0
@@ -167,26 +190,37 @@ class IDContextCache(nn.Module):
         for layer, kv in enumerate(sink):
             self._check_tokens(kv, self.shape.sink_tokens, "ID-Sink")
             self.sink_keys[layer].copy_(kv.keys)
-            self.sink_values[layer].copy_(kv.values)
+            self.values[layer, :, : self._sink_tokens].copy_(kv.values)
         self._has_sink = True
 
     def read(self) -> list[WindowKV]:
         """What the next chunk attends to besides itself, one ``WindowKV`` per layer: the sink
-        ``(B, Lr, D)`` (or ``None``) and the held context chunks ``(B, k * Lc, D)`` oldest first (or
-        ``None``). Views into the buffers: valid until the next ``write`` or ``reset``."""
-        count = self._num_context_chunks
-        start_token = self._oldest_slot() * self.shape.chunk_tokens
-        stop_token = start_token + count * self.shape.chunk_tokens
+        ``(B, Lr, D)`` (or ``None``), the held context chunks ``(B, k * Lc, D)`` oldest first (or
+        ``None``) and the ``WindowBuffers`` its attention fills. Views into the buffers: valid until the
+        next ``write``, ``evict`` or ``reset``."""
+        ns, lc, count = self._sink_tokens, self.shape.chunk_tokens, self._num_context_chunks
+        context_end = ns + count * lc  # the chunk's own slot follows the context
+        start = 0 if self._has_sink else ns  # an unset sink is not attended to
+        stop = context_end + lc
+        keys = self.window_keys
         windows = []
         for layer in range(self.shape.num_layers):
-            sink = LayerKV(self.sink_keys[layer], self.sink_values[layer]) if self._has_sink else None
+            values = self.values[layer]
+            sink = LayerKV(self.sink_keys[layer], values[:, :ns]) if self._has_sink else None
             context = None
             if count:
-                context = LayerKV(
-                    self.ring_keys[layer, :, start_token:stop_token],
-                    self.ring_values[layer, :, start_token:stop_token],
-                )
-            windows.append(WindowKV(sink=sink, context=context, num_context_chunks=count))
+                context = LayerKV(self.context_keys[layer, :, : count * lc], values[:, ns:context_end])
+            buffers = WindowBuffers(
+                keys=keys[:, start:stop],
+                values=values[:, start:stop],
+                sink_keys=keys[:, :ns] if self._has_sink else None,
+                context_keys=keys[:, ns:context_end] if count else None,
+                chunk_keys=keys[:, context_end:stop],
+                chunk_values=values[:, context_end:stop],
+                work=self.rotation_work,
+                plans=self._plans,
+            )
+            windows.append(WindowKV(sink=sink, context=context, num_context_chunks=count, buffers=buffers))
         return windows
 
     def write(self, kv: Sequence[LayerKV]) -> None:
@@ -194,36 +228,31 @@ class IDContextCache(nn.Module):
         clean pass), evicting the oldest chunk when W are held. A no-op for the chunks' content when the
         context is switched off (the stream position still advances)."""
         self._check_layers(kv, "write")
-        capacity = self.config.capacity
-        if capacity:
-            if self._num_context_chunks == capacity:
+        if self.config.capacity:
+            if self._num_context_chunks == self.config.capacity:
                 self.evict()
-            slot = self._chunks_written % capacity
-            lc = self.shape.chunk_tokens
+            ns, lc = self._sink_tokens, self.shape.chunk_tokens
+            begin = self._num_context_chunks * lc  # the first free slot: the context stays oldest first
             for layer, layer_kv in enumerate(kv):
                 self._check_tokens(layer_kv, lc, "chunk")
-                for mirror in range(MIRROR):
-                    begin = (slot + mirror * capacity) * lc
-                    self.ring_keys[layer, :, begin : begin + lc].copy_(layer_kv.keys)
-                    self.ring_values[layer, :, begin : begin + lc].copy_(layer_kv.values)
+                self.context_keys[layer, :, begin : begin + lc].copy_(layer_kv.keys)
+                self.values[layer, :, ns + begin : ns + begin + lc].copy_(layer_kv.values)
             self._num_context_chunks += 1
         self._chunks_written += 1
 
     def evict(self) -> None:
-        """Drop the oldest held chunk (its slots are overwritten by a later ``write``). The sink is
-        never evicted."""
+        """Drop the oldest held chunk: the younger ones move one slot down (one chunk copy each, all layers
+        at once), so the context stays oldest first at the start of its buffers. The sink is never evicted."""
         if self._num_context_chunks == 0:
             raise ValueError("IDContextCache.evict: the Context-Cache holds no chunk")
+        ns, lc = self._sink_tokens, self.shape.chunk_tokens
+        for slot in range(1, self._num_context_chunks):  # in order: each copy reads a slot not yet overwritten
+            keep, to = slice(slot * lc, (slot + 1) * lc), slice((slot - 1) * lc, slot * lc)
+            self.context_keys[:, :, to].copy_(self.context_keys[:, :, keep])
+            self.values[:, :, ns + to.start : ns + to.stop].copy_(self.values[:, :, ns + keep.start : ns + keep.stop])
         self._num_context_chunks -= 1
 
     # --- helpers -------------------------------------------------------------------------------------
-
-    def _oldest_slot(self) -> int:
-        """Ring slot of the oldest held chunk (mirrored layout: slots ``[s, s + count)`` are in order)."""
-        capacity = self.config.capacity
-        if capacity == 0:
-            return 0
-        return (self._chunks_written - self._num_context_chunks) % capacity
 
     def _check_layers(self, kv: Sequence[LayerKV], verb: str) -> None:
         if len(kv) != self.shape.num_layers:

@@ -138,6 +138,17 @@ class DenoiseStep:
 StepTrace = Callable[[DenoiseStep], None]
 
 
+@dataclass(frozen=True)
+class _PendingWrite:
+    """A yielded chunk whose clean pass has not run yet: what ``_write_cache`` needs, as data. (A closure
+    over the stream stored in the stream was a reference cycle: a stream closed between a chunk's yield
+    and its write kept the generator and its cache alive until a full garbage collection.)"""
+
+    latent: Tensor
+    tokens: Tensor
+    windows: list[WindowKV]
+
+
 @dataclass
 class _Stream:
     """The state of one stream (internal): what ``generate`` advances chunk by chunk."""
@@ -150,7 +161,7 @@ class _Stream:
     chunk: int = 0
     ended: bool = False
     total_frames: int | None = None  # known once the audio has ended
-    pending_kv_write: Callable[[], None] | None = field(default=None, repr=False)
+    pending_write: _PendingWrite | None = field(default=None, repr=False)
 
 
 class StreamingGenerator:
@@ -274,7 +285,7 @@ class StreamingGenerator:
         first = self.frame_rule.first_video_frame(c)
         if stream.total_frames is not None:
             frames = frames[:, :, : stream.total_frames - first]
-        stream.pending_kv_write = lambda: self._write_cache(stream, latent, tokens, windows)
+        stream.pending_write = _PendingWrite(latent, tokens, windows)
         stream.chunk += 1
         return VideoChunk(c, first, frames, latent, tokens)
 
@@ -284,9 +295,9 @@ class StreamingGenerator:
         self.rollout.write(stream.cache, latent, tokens, windows)
 
     def _write_pending(self, stream: _Stream) -> None:
-        if stream.pending_kv_write is not None:
-            write, stream.pending_kv_write = stream.pending_kv_write, None
-            write()
+        if stream.pending_write is not None:
+            pending, stream.pending_write = stream.pending_write, None
+            self._write_cache(stream, pending.latent, pending.tokens, pending.windows)
 
     # --- stream set-up -------------------------------------------------------------------------------
 

@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -189,3 +192,19 @@ def test_bad_inputs_are_refused_with_the_fix(tiny_models) -> None:
     with pytest.raises(ValueError, match="compile=none"):
         make_generator(tiny_models, compile="default")
 
+
+
+def test_a_stream_closed_before_a_cache_write_frees_the_generator_without_garbage_collection(tiny_models) -> None:
+    """A consumer that stops after a chunk (its clean pass still pending) and drops the stream and the
+    generator frees both at once, by reference counting: nothing holds them in a cycle."""
+    gc.disable()
+    try:
+        generator = make_generator(tiny_models, window=2)
+        alive, cache = weakref.ref(generator), weakref.ref(generator.new_cache(1, (2, 2)))
+        stream = generator.generate(make_ref(), pieces(make_audio(4 * SAMPLES_PER_LATENT), SAMPLES_PER_LATENT))
+        next(stream), next(stream)  # chunk 1 is out, its cache write not done
+        stream.close()
+        del stream, generator
+        assert alive() is None and cache() is None
+    finally:
+        gc.enable()
