@@ -196,22 +196,30 @@ def test_one_chunk_student_equal_to_teacher_without_guidance_has_zero_velocity_l
         assert out.loss.item() < 1e-10, (exit_step, out.loss.item())  # measured ~1e-14 (float32)
 
 
-def test_asd_loss_falls_by_20x_in_30_steps_on_one_clip():
-    # A fixed objective (the same clip, noise and exit step every step): Adam must reduce it. Measured on
-    # this config: 0.36 -> 0.003 (~110x) in 30 steps; we require 20x.
+def test_asd_loss_on_one_clip_falls_below_every_untrained_noise_draw():
+    """A fixed objective (the same clip, noise and exit step every step): Adam must reduce it. The yardstick is
+    measured here: what the untrained student scores on this clip over 6 noise draws, which varies widely
+    (0.05-0.8: the exit level and the noise decide how hard a draw is). 30 steps must bring the trained draw
+    below the easiest untrained draw, and by an order of magnitude below its own start."""
     stage = tiny_stage()
+
+    def loss_on(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return stage.asd_loss(stage.model, conditions(stage, 1, 3), generator, stage.step_choices(2, 0, generator)).loss
+
+    with torch.no_grad():
+        draws = torch.tensor([loss_on(seed).item() for seed in range(1, 7)])
     params = [p for p in stage.model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-3)
     losses = []
     for _ in range(30):
-        cond = conditions(stage, 1, 3)
-        generator = torch.Generator().manual_seed(1)
-        out = stage.asd_loss(stage.model, cond, generator, stage.step_choices(2, 0, generator))
+        loss = loss_on(1)
         optimizer.zero_grad()
-        out.loss.backward()
+        loss.backward()
         optimizer.step()
-        losses.append(out.loss.item())
-    assert losses[-1] < losses[0] / 20, losses
+        losses.append(loss.item())
+    assert losses[-1] < draws.min().item(), (losses[-1], draws.tolist())
+    assert losses[-1] < losses[0] / 10, losses
 
 
 def test_clips_shorter_than_the_window_plus_two_are_refused():

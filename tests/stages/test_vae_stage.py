@@ -105,31 +105,38 @@ def test_vae_stage_refuses_deepspeed_and_trainer_clipping(tiny_shards, train_cfg
 
 
 def test_overfitting_one_clip_raises_psnr():
-    """vae_tiny, one synthetic talking-head clip (17 frames, 32x32), L1 + small KL, fixed seed: 150 Adam
-    steps raise the reconstruction PSNR by at least 8 dB (measured 11.5 -> 25.0 dB on this CPU)."""
+    """vae_tiny, one synthetic talking-head clip (17 frames, 32x32), L1 + small KL: 150 Adam steps raise the
+    reconstruction PSNR by more than 5 times its spread over untrained initialisations (3 seeds, measured
+    here), and above the best of them."""
     import numpy as np
 
     from rest_lightning.data.synthetic import make_identity, synthesize_video
     from rest_lightning.models.vae import CausalVideoVAE, vae_tiny
 
-    torch.manual_seed(0)
     frames = synthesize_video(make_identity(0, 0), seconds=17 / 25, size=32, seed=0).frames  # (17, 32, 32, 3)
     clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-    vae = CausalVideoVAE(vae_tiny())
-    optimizer = torch.optim.Adam(vae.parameters(), lr=2e-3)
 
-    def psnr() -> float:
+    def psnr(vae: CausalVideoVAE) -> float:
         with torch.no_grad():
             recon = vae(clip, sample_posterior=False).video.clamp(-1, 1)
         mse = (recon - clip).square().mean().item()
         return 10 * np.log10(4.0 / mse)  # peak-to-peak range 2 in [-1, 1]
 
-    before = psnr()
+    def initialised(seed: int) -> CausalVideoVAE:
+        torch.manual_seed(seed)
+        return CausalVideoVAE(vae_tiny())
+
+    untrained = np.array([psnr(initialised(seed)) for seed in (1, 2, 3)])
+    vae = initialised(0)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=2e-3)
+    before = psnr(vae)
     for _ in range(150):
         out = vae(clip, sample_posterior=True)
         loss = (out.video - clip).abs().mean() + 1e-6 * out.posterior.kl().mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    after = psnr()
-    assert after - before >= 8.0, f"PSNR {before:.2f} -> {after:.2f} dB"
+    after = psnr(vae)
+    spread = untrained.std(ddof=1)
+    assert after - before > 5 * spread and after > untrained.max(), (
+        f"PSNR {before:.2f} -> {after:.2f} dB; untrained seeds {untrained.round(2).tolist()}")
