@@ -10,6 +10,19 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms"
 
 
+def _section(lines: list[str], results: dict, prefix: str, header: str):
+    """Start a table (a blank line, ``header`` and its rule) and yield its rows ``(name, row)``: those named
+    ``prefix*``; a row that failed gets its line here and is not yielded."""
+    lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
+    for name, row in results.items():
+        if not name.startswith(prefix):
+            continue
+        if "error" in row:
+            lines.append(f"| {name} | FAILED: {row['error']} |")
+            continue
+        yield name, row
+
+
 def format_table(results: dict) -> str:
     lines = []
     env = results.get("env", {})
@@ -20,18 +33,9 @@ def format_table(results: dict) -> str:
             f"dtype {env.get('dtype')} | matmul {env['matmul_flops'] / TERA:.3g} TFLOP/s | "
             f"datasheet dense bf16 {peak / TERA if peak else float('nan'):.0f} TFLOP/s"
         )
-    lines.append("")
-    lines.append(
-        "| stream | dtype | res | first frame | fps | RTF | latency p50 / p95 | chunk time p50 | "
-        "DiT share | cache speed-up | peak mem |"
-    )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, row in results.items():
-        if not name.startswith("stream:"):
-            continue
-        if "error" in row:
-            lines.append(f"| {name} | FAILED: {row['error']} |")
-            continue
+    header = ("| stream | dtype | res | first frame | fps | RTF | latency p50 / p95 | chunk time p50 | "
+              "DiT share | cache speed-up | peak mem |")
+    for name, row in _section(lines, results, "stream:", header):
         lat = row["chunk_latency_s"]
         lines.append(
             f"| {name} ({row['dit']['num_layers']}x{row['dit']['width']}) | {row['dtype']} | "
@@ -40,18 +44,9 @@ def format_table(results: dict) -> str:
             f"{row['dit_share_of_latency_p50']:.0%} | {row['cache_speedup']:.2f}x | "
             f"{row['peak_memory_bytes'] / MIB:,.0f} MiB |"
         )
-    lines.append("")
-    lines.append(
-        "| train | params | act. ckpt | batch x tokens | step | tokens/s | model TFLOP/step | TFLOP/s | "
-        "MFU (datasheet) | of matmul peak | peak mem |"
-    )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, row in results.items():
-        if not name.startswith("train:"):
-            continue
-        if "error" in row:
-            lines.append(f"| {name} | FAILED: {row['error']} |")
-            continue
+    header = ("| train | params | act. ckpt | batch x tokens | step | tokens/s | model TFLOP/step | TFLOP/s | "
+              "MFU (datasheet) | of matmul peak | peak mem |")
+    for name, row in _section(lines, results, "train:", header):
         for run in row["runs"]:
             if "error" in run:
                 lines.append(
