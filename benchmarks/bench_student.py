@@ -67,8 +67,9 @@ def _time_pair(teacher, student, chunks: int, reps: int, grid: int) -> tuple[flo
     def student_step():
         generator = torch.Generator().manual_seed(0)
         cond = _conditions(student, chunks, grid)
-        choices = student.step_choices(chunks - 1, 0, generator)
-        loss = student.training_loss(student.model, cond, generator, choices).loss
+        objective = student.objective()
+        choices = objective.step_choices(chunks - 1, 0, generator)
+        loss = objective.training_loss(student.model, cond, generator, choices).loss
         s_opt.zero_grad()
         loss.backward()
         s_opt.step()

@@ -26,16 +26,15 @@ def _student_choices(rank: int) -> list[list]:
     """The ASD student's step choices, drawn from a generator that differs per rank (as in training,
     seeded by (seed, rank, step)), next to the raw exit-step draw the rank would have made alone."""
     from rest_lightning.diffusion.samplers import FewStepSampler
-    from rest_lightning.stages.base import RestStage
-    from rest_lightning.stages.student import ASDConfig, StudentStage
+    from rest_lightning.distillation import ASDConfig, StudentObjective
 
-    stage = StudentStage.__new__(StudentStage)  # only what step_choices reads: no models
-    RestStage.__init__(stage)
-    stage.sampler, stage.asd = FewStepSampler(), ASDConfig(context="curriculum", curriculum_steps=10)
+    sampler = FewStepSampler()  # only what step_choices reads: no models
+    objective = StudentObjective(None, 1, sampler, None, None, ASDConfig(context="curriculum", curriculum_steps=10),
+                                 None, None, None)
     out = []
     for seed in range(DRAWS):
-        own = int(torch.randint(len(stage.sampler.timesteps), (1,), generator=torch.Generator().manual_seed(97 * rank + seed)))
-        choices = stage.step_choices(6, 5, torch.Generator().manual_seed(97 * rank + seed))
+        own = int(torch.randint(len(sampler.timesteps), (1,), generator=torch.Generator().manual_seed(97 * rank + seed)))
+        choices = objective.step_choices(6, 5, torch.Generator().manual_seed(97 * rank + seed))
         out.append([own, choices.exit_step, list(choices.ground_truth)])
     return out
 

@@ -139,6 +139,7 @@ LAYERS = [
     ("rest_lightning.stored_models", ("rest_lightning.stages", "rest_lightning.cli", "rest_lightning.training")),
     ("rest_lightning.conditioning", ("rest_lightning.stages", "rest_lightning.cli", "rest_lightning.training")),
     ("rest_lightning.frozen_teacher", ("rest_lightning.stages", "rest_lightning.cli", "rest_lightning.training")),
+    ("rest_lightning.distillation", ("rest_lightning.stages", "rest_lightning.cli", "rest_lightning.training")),
     ("eval", ("rest_lightning.cli", "rest_lightning.stages", "rest_lightning.training")),
     ("data_prep", ("rest_lightning.cli", "rest_lightning.stages", "rest_lightning.training")),
 ]

@@ -49,10 +49,11 @@ from rest_lightning.diffusion.dmd import (
     renoised_window,
 )
 from rest_lightning.diffusion.flow import x0_from_velocity
+from rest_lightning.distillation import AsdOutput
 from rest_lightning.models.attention import AttentionPattern
 from rest_lightning.models.denoiser import AudioVideoDenoiser
 from rest_lightning.stages.optim import build_optimizer, warmup_cosine
-from rest_lightning.stages.student import TRAIN_STREAM, AsdOutput, StudentStage
+from rest_lightning.stages.student import TRAIN_STREAM, StudentStage
 
 CRITIC_STREAM = 2  # generator stream of the DMD noise (TRAIN_STREAM 0 and VAL_STREAM 1 are the student's)
 
@@ -187,14 +188,15 @@ class StudentDMDStage(StudentStage):
         step = self.global_step
         size = len(batch)
         cond = self.conditions(batch)
-        num_chunks = self.check_clip_length(cond.latents.shape[2])
+        objective = self.objective()
+        num_chunks = objective.check_clip_length(cond.latents.shape[2])
         generator = self._generator(TRAIN_STREAM, step)
         dmd_generator = self._generator(CRITIC_STREAM, step)
-        choices = self.step_choices(max(0, num_chunks - 1 - self.asd.future_chunks), step, generator)
+        choices = objective.step_choices(max(0, num_chunks - 1 - self.asd.future_chunks), step, generator)
 
         # Generator (student) step: the student's losses + the DMD term; the critic gets no gradient.
         self.toggle_optimizer(opt_gen)
-        out = self.training_loss(self.model, cond, generator, choices, batch.ode)
+        out = objective.training_loss(self.model, cond, generator, choices, batch.ode)
         assert out.asd is not None
         dmd = self.dmd_generator_loss(cond, out.asd, dmd_generator)
         loss = out.loss + self.dmd.weight * dmd.loss

@@ -150,6 +150,6 @@ def test_student_ode_init_trains_on_shards_without_a_teacher(tmp_path, ode_shard
     batch = _batch(odes)
     cond = stage.conditions(batch)
     with pytest.raises(ValueError, match="carries no ODE trajectories"):
-        stage.ode_loss(stage.model, cond, torch.Generator().manual_seed(0))
-    loss = stage.ode_loss(stage.model, cond, torch.Generator().manual_seed(0), batch.ode)
+        stage.objective().ode_loss(stage.model, cond, torch.Generator().manual_seed(0))
+    loss = stage.objective().ode_loss(stage.model, cond, torch.Generator().manual_seed(0), batch.ode)
     assert torch.isfinite(loss) and loss.item() > 0

@@ -14,7 +14,7 @@ from rest_lightning.conditioning import ClipConditions
 from rest_lightning.config import ConfigError, compose
 from rest_lightning.diffusion.dmd import dmd_gradient, dmd_loss, renoised_window
 from rest_lightning.diffusion.guidance import GuidanceScales
-from rest_lightning.stages.student import StepChoices
+from rest_lightning.distillation import StepChoices
 from rest_lightning.stages.student_dmd import StudentDMDStage
 from rest_lightning.train_config import validate_train_config
 from rest_lightning.training import instantiate_node, train
@@ -77,7 +77,7 @@ def test_dmd_gradient_is_zero_when_the_critic_is_the_unguided_teacher(normalise)
     stage.teacher.config.guidance = GuidanceScales(audio=1.0, ref=1.0)
     for exit_step in range(4):
         cond = conditions(stage, 2, 3)  # fresh audio tokens: each backward frees the student's graph
-        asd = stage.asd_loss(stage.model, cond, torch.Generator().manual_seed(exit_step), StepChoices(exit_step, (False, False)))
+        asd = stage.objective().asd_loss(stage.model, cond, torch.Generator().manual_seed(exit_step), StepChoices(exit_step, (False, False)))
         out = stage.dmd_generator_loss(cond, asd, torch.Generator().manual_seed(10 + exit_step))
         assert out.x0_real.abs().max() > 0
         # Same weights and inputs: equal to float32 round-off (measured max |grad| ~4e-7, normalised or not,
@@ -90,7 +90,7 @@ def test_dmd_gradient_is_zero_when_the_critic_is_the_unguided_teacher(normalise)
         assert grads and max(g.abs().max().item() for g in grads) < 1e-7, "the DMD term alone moves nothing"
     # With guidance (the real score is the guided teacher) the gradient is not zero.
     stage.teacher.config.guidance = GuidanceScales(audio=3.5, ref=1.0)
-    asd = stage.asd_loss(stage.model, cond, torch.Generator().manual_seed(0), StepChoices(1, (False, False)))
+    asd = stage.objective().asd_loss(stage.model, cond, torch.Generator().manual_seed(0), StepChoices(1, (False, False)))
     guided = stage.dmd_generator_loss(cond, asd, torch.Generator().manual_seed(1)).grad.abs().max().item()
     assert guided > 1e-2, guided
 
@@ -98,7 +98,7 @@ def test_dmd_gradient_is_zero_when_the_critic_is_the_unguided_teacher(normalise)
 def test_renoised_window_replaces_only_the_current_chunk():
     stage = tiny_stage()
     cond = conditions(stage, 2, 3)
-    asd = stage.asd_loss(stage.model, cond, torch.Generator().manual_seed(0), StepChoices(2, (False, False)))
+    asd = stage.objective().asd_loss(stage.model, cond, torch.Generator().manual_seed(0), StepChoices(2, (False, False)))
     x, noise = torch.randn_like(asd.x_t), torch.randn_like(asd.x_t)
     s = torch.tensor([0.3, 0.7])
     window = renoised_window(asd.window, x, noise, s)
@@ -112,7 +112,7 @@ def test_renoised_window_replaces_only_the_current_chunk():
 def test_no_gradient_reaches_the_teacher_and_the_critic_learns_only_in_its_own_step():
     stage = tiny_stage()
     cond = conditions(stage, 2, 3)
-    asd = stage.asd_loss(stage.model, cond, torch.Generator().manual_seed(0), StepChoices(1, (False, False)))
+    asd = stage.objective().asd_loss(stage.model, cond, torch.Generator().manual_seed(0), StepChoices(1, (False, False)))
     out = stage.dmd_generator_loss(cond, asd, torch.Generator().manual_seed(1))
     (asd.loss + out.loss).backward()
     assert all(p.grad is None and not p.requires_grad for p in stage.teacher.model.parameters())

@@ -19,8 +19,9 @@ from rest_lightning.config import compose, conf_dir
 from rest_lightning.diffusion.asd import ode_regression_inputs, ode_trajectory
 from rest_lightning.diffusion.flow import x0_from_velocity
 from rest_lightning.diffusion.guidance import GuidanceScales
+from rest_lightning.distillation import StepChoices, rollout_seed
 from rest_lightning.models.dit import DiT
-from rest_lightning.stages.student import StepChoices, StudentStage, rollout_seed, student_from_teacher_state
+from rest_lightning.stages.student import StudentStage, student_from_teacher_state
 from rest_lightning.stored_models import StoredModelError, denoiser_from_state, stream_config
 from rest_lightning.training import instantiate_node, train
 
@@ -86,7 +87,7 @@ def test_the_teacher_is_frozen_outside_the_module_tree_and_gets_no_gradient(teac
     assert not teacher_params & set(map(id, stage.parameters())), "the teacher is not a submodule"
     assert all(k.startswith(("model.", "ema.module.")) for k in stage.state_dict()), "not saved with the student"
     cond = conditions(stage, 2, 3)
-    out = stage.asd_loss(stage.model, cond, torch.Generator().manual_seed(0), StepChoices(2, (False, False)))
+    out = stage.objective().asd_loss(stage.model, cond, torch.Generator().manual_seed(0), StepChoices(2, (False, False)))
     out.loss.backward()
     assert all(p.grad is None and not p.requires_grad for p in stage.teacher.model.parameters())
     assert not stage.teacher.model.training
@@ -138,7 +139,7 @@ def test_the_training_rollout_is_the_stream(exit_step, use_context_cache, dtype)
         ref_latent = stage.frozen_vae.vae.encode(ref)
     cond = ClipConditions(latents=torch.zeros(1, CHANNELS, 3, *GRID, dtype=dtype), ref=ref_latent,
                           audio=torch.cat([c.audio_tokens for c in chunks], dim=1), waveform=waveform)
-    out = stage.asd_loss(stage.model, cond, torch.Generator().manual_seed(7), StepChoices(exit_step, (False, False)))
+    out = stage.objective().asd_loss(stage.model, cond, torch.Generator().manual_seed(7), StepChoices(exit_step, (False, False)))
     assert out.x_t.dtype == chunks[0].latent.dtype == dtype
     for c in range(2):
         torch.testing.assert_close(out.outputs[:, :, c : c + 1], chunks[c].latent, rtol=0, atol=atol)
@@ -157,7 +158,7 @@ def test_teacher_sees_the_schedule_levels_and_exactly_the_students_own_outputs(m
     teacher_calls = _spy(monkeypatch, stage.teacher.model.dit, "forward")
     cond = conditions(stage, 2, 4)
     exit_step, steps, t = 2, 3, LEVELS[2]
-    out = stage.asd_loss(stage.model, cond, torch.Generator().manual_seed(0), StepChoices(exit_step, (False, False)))
+    out = stage.objective().asd_loss(stage.model, cond, torch.Generator().manual_seed(0), StepChoices(exit_step, (False, False)))
 
     # The student's calls: per context chunk 4 sampler steps then the clean pass at t = 0; then the
     # current chunk's steps up to and including the exit step.
@@ -192,7 +193,7 @@ def test_one_chunk_student_equal_to_teacher_without_guidance_has_zero_velocity_l
     stage.teacher.config.guidance = GuidanceScales(audio=1.0, ref=1.0)
     cond = conditions(stage, 2, 1)
     for exit_step in range(len(LEVELS)):
-        out = stage.asd_loss(stage.model, cond, torch.Generator().manual_seed(exit_step), StepChoices(exit_step, ()))
+        out = stage.objective().asd_loss(stage.model, cond, torch.Generator().manual_seed(exit_step), StepChoices(exit_step, ()))
         assert out.loss.item() < 1e-10, (exit_step, out.loss.item())  # measured ~1e-14 (float32)
 
 
@@ -205,7 +206,7 @@ def test_asd_loss_on_one_clip_falls_below_every_untrained_noise_draw():
 
     def loss_on(seed: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
-        return stage.asd_loss(stage.model, conditions(stage, 1, 3), generator, stage.step_choices(2, 0, generator)).loss
+        return stage.objective().asd_loss(stage.model, conditions(stage, 1, 3), generator, stage.objective().step_choices(2, 0, generator)).loss
 
     with torch.no_grad():
         draws = torch.tensor([loss_on(seed).item() for seed in range(1, 7)])
@@ -225,8 +226,8 @@ def test_asd_loss_on_one_clip_falls_below_every_untrained_noise_draw():
 def test_clips_shorter_than_the_window_plus_two_are_refused():
     stage = tiny_stage("stage.cache.window=2")
     with pytest.raises(ValueError, match=r"C >= W \+ 2 \+ future_chunks = 4 \(W=2\).*data.cfg.latent_frames"):
-        stage.check_clip_length(3)
-    assert tiny_stage().check_clip_length(3) == 3
+        stage.objective().check_clip_length(3)
+    assert tiny_stage().objective().check_clip_length(3) == 3
 
 
 # --- end to end through train() ------------------------------------------------------------------------
