@@ -4,12 +4,14 @@ and ``prep.*``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from rest_lightning.data.schema import MediaSpec
 
 SPLITS = ("train", "val", "test")
 SPLIT_BY = ("speaker", "video")
-DETECTORS = ("haar", "center")
+DETECTORS = ("haar", "center", "hog", "cnn")
+DLIB_DETECTORS = ("hog", "cnn")  # the face stack (.[faces]): landmarks and the frame checks below
 
 
 @dataclass
@@ -29,12 +31,27 @@ class PrepConfig:
     test_fraction: float = 0.05  # design choice: share held out for test
     split_by: str = "speaker"  # "speaker" (parent folder / manifest field) or "video"
     seed: int = 0
-    detector: str = "haar"  # "haar" (OpenCV, offline) or "center" (no detection: a centre square crop)
+    # "haar" (OpenCV), "center" (no detection: a centre square crop), "hog" or "cnn" (dlib, the `faces`
+    # extra: 68-point landmarks stored per frame, frames checked for several faces / too small / profile;
+    # without the extra they fall back to haar with a warning). haar stays the default: the demo and the
+    # synthetic corpus are tuned on it, and it needs no extra.
+    detector: str = "haar"
     center_crop_fallback: bool = False  # when no face is found, crop the centre instead of rejecting
     detect_every: int = 5  # design choice: detect on every 5th frame (0.2 s) and interpolate between
     detect_max_side: int = 320  # design choice: frames are shrunk to this side before detection (speed)
     min_face_fraction: float = 0.5  # design choice: reject a video with faces in fewer sampled frames
     margin: float = 0.25  # design choice: crop side = 1.5x the detector box (chin and hairline in)
+    # Frame checks of the hog/cnn detectors (0 turns one off); a sampled frame failing one counts as
+    # faceless for min_face_fraction, and a rejected video's stage names its most common failure.
+    several_faces_ratio: float = 0.5  # design choice: a 2nd face >= half the largest's side: speaker unknown
+    max_upscale: float = 4.0  # design choice: crop enlarged > 4x to prep.size is too blurry (512: face < 85 px)
+    max_yaw_asymmetry: float = 0.8  # design choice: ~40 deg of yaw (detect.yaw_asymmetry), 68-pt fits degrade
+    landmarks: bool = True  # hog/cnn: store 68-point landmarks per frame (landmarks.npy, float16 crop px)
+    # Lip-sync filter (LatentSync's recipe, data_prep/lipsync_filter.py): off while lipsync_weights is "".
+    lipsync_weights: str = ""  # path of syncnet_v2.model (the Sync-C/D weights); "" = no filter
+    lipsync_min_confidence: float = 3.0  # LatentSync: clips with SyncNet confidence (Sync-C) < 3 dropped
+    lipsync_max_abs_offset: int = -1  # drop clips whose |AV offset| exceeds this many frames; -1 = any
+    lipsync_correct_offset: bool = True  # shift a kept clip's audio so its detected offset becomes 0
     smoothing_s: float = 0.5  # design choice: moving-average window of the crop box, seconds
     h264_crf: int = 18  # design choice: see rest_lightning.data.codecs.H264Config
     h264_preset: str = "veryfast"  # design choice: see H264Config
@@ -80,6 +97,16 @@ class PrepConfig:
             raise ValueError("prep.detect_every must be >= 1 and prep.detect_max_side >= 32")
         if not 0.0 <= self.min_face_fraction <= 1.0:
             raise ValueError(f"prep.min_face_fraction must be in [0, 1], got {self.min_face_fraction}")
+        for key in ("several_faces_ratio", "max_upscale", "max_yaw_asymmetry"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"prep.{key} must be >= 0 (0 = check off), got {getattr(self, key)}")
+        if self.lipsync_weights and not Path(self.lipsync_weights).is_file():
+            raise ValueError(
+                f"prep.lipsync_weights={self.lipsync_weights!r} is not a file: give syncnet_v2.model's path "
+                "or set prep.lipsync_weights='' (no lip-sync filter)"
+            )
+        if self.lipsync_max_abs_offset < -1:
+            raise ValueError(f"prep.lipsync_max_abs_offset must be >= 0 or -1 (any), got {self.lipsync_max_abs_offset}")
         if self.margin < 0:
             raise ValueError(f"prep.margin must be >= 0, got {self.margin}")
         if self.smoothing_s < 0:

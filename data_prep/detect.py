@@ -2,16 +2,25 @@
 
 A detector maps an RGB frame to face boxes; ``data_prep`` takes the largest box per sampled frame,
 interpolates between samples and smooths the box over time (``data_prep.crop``).
+
+``hog`` and ``cnn`` are dlib's detectors (the optional ``faces`` extra, ``rest_lightning.faces``); they
+also give 68-point landmarks, which the frame checks here use (several faces, face too small, profile)
+and prep stores per frame. Without the extra they fall back to ``haar`` with one warning per process.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Protocol
 
 import cv2
 import numpy as np
+
+from rest_lightning import faces
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,10 +102,103 @@ class CenterFaceDetector:
         return [FaceBox((w - side) / 2, (h - side) / 2, side, side)]
 
 
+class DlibFaceDetector:
+    """dlib's HOG (``kind="hog"``) or MMOD CNN (``"cnn"``) face detector, plus its 68-point landmarks.
+
+    The frame is resized so that its long side is ``max_side`` (shrunk or enlarged: dlib's detectors find
+    faces from about 80 px at that scale, so at 320 a face must span a quarter of the frame; raise
+    ``prep.detect_max_side`` for smaller faces, at quadratic cost). Landmarks are fitted on the full frame.
+    Measured on one core at 320 px (docs/data.md): HOG about 12 ms a frame, the CNN about 0.6 s.
+    """
+
+    def __init__(self, kind: str, max_side: int = 320) -> None:
+        if kind not in faces.DETECTOR_KINDS:
+            raise ValueError(f"unknown dlib detector {kind!r}; choose one of {', '.join(faces.DETECTOR_KINDS)}")
+        self.kind = kind
+        self.max_side = max_side
+        (faces.hog_detector if kind == "hog" else faces.cnn_detector)()  # load now: fail before any video
+
+    def detect(self, frame: np.ndarray) -> list[FaceBox]:
+        h, w = frame.shape[:2]
+        scale = self.max_side / max(h, w)
+        small = frame
+        if scale != 1.0:
+            interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+            small = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=interp)
+        boxes = faces.detect_faces(small, self.kind) / scale  # (N, 4) x0, y0, x1, y1, largest first
+        return [FaceBox(float(x0), float(y0), float(x1 - x0), float(y1 - y0)) for x0, y0, x1, y1 in boxes]
+
+    def landmarks(self, frame: np.ndarray, box: FaceBox) -> np.ndarray:
+        """``(68, 2)`` float32 iBUG 300-W points of the face in ``box``, in the frame's pixels."""
+        return faces.landmarks68(frame, (box.x, box.y, box.x + box.w, box.y + box.h))
+
+
+_fallback_logged = False
+
+
 def make_detector(name: str, max_side: int, margin: float) -> FaceDetector:
-    """The detector registered under ``prep.detector``."""
+    """The detector registered under ``prep.detector``; ``hog``/``cnn`` fall back to ``haar`` when the
+    ``faces`` extra is missing (logged once per process)."""
+    global _fallback_logged
+    if name in faces.DETECTOR_KINDS:
+        try:
+            return DlibFaceDetector(name, max_side)
+        except faces.FaceStackUnavailable as err:
+            if not _fallback_logged:
+                log.warning(
+                    "prep.detector=%s needs the face stack (%s); using prep.detector=haar instead: no "
+                    "landmarks, no several-faces/too-small/profile checks", name, err,
+                )
+                _fallback_logged = True
+            name = "haar"
     if name == "haar":
         return HaarFaceDetector(max_side=max_side)
     if name == "center":
         return CenterFaceDetector(margin)
-    raise ValueError(f"unknown prep.detector {name!r}; choose 'haar' or 'center'")
+    raise ValueError(f"unknown prep.detector {name!r}; choose 'hog', 'cnn', 'haar' or 'center'")
+
+
+# --- frame checks (dlib detectors only) -------------------------------------------------------------------
+
+#: What a sampled frame can be, and the rejection stage a video takes when that is its main failure.
+VERDICT_STAGES = {"none": "face", "several": "face_several", "small": "face_small", "profile": "face_profile"}
+VERDICT_WORDS = {"none": "no face", "several": "several faces", "small": "face too small", "profile": "profile"}
+
+
+def yaw_asymmetry(points: np.ndarray) -> float:
+    """Signed head-turn proxy in [-1, 1] (beyond when the fit breaks) from 68 iBUG landmarks.
+
+    Along the eye axis (so head roll does not matter): ``dl`` = nose tip (30) minus the image-left cheek
+    contour (1), ``dr`` = the image-right cheek contour (15) minus the nose tip; returns
+    ``(dl - dr) / (dl + dr)``. A frontal face gives about 0; as the head turns the nose tip moves toward
+    one contour. On a cylinder head model with the nose tip 1.3 radii from the axis it reads 0.22 at
+    10 degrees of yaw, 0.62 at 30, 0.82 at 40, 0.91 at 45 and 1 at 50 (tests/data/test_faces.py).
+    """
+    p = np.asarray(points, np.float64)
+    axis = p[42:48].mean(0) - p[36:42].mean(0)  # image-left eye centre -> image-right eye centre
+    axis /= max(float(np.linalg.norm(axis)), 1e-6)
+    nose, left, right = p[30] @ axis, p[1] @ axis, p[15] @ axis
+    return float((2 * nose - left - right) / max(right - left, 1e-6))
+
+
+def frame_verdict(
+    boxes: list[FaceBox], points: np.ndarray | None, size: int, margin: float,
+    several_faces_ratio: float, max_upscale: float, max_yaw_asymmetry: float,
+) -> str:
+    """``"ok"`` or why a sampled frame has no usable face: ``none``, ``several``, ``small``, ``profile``.
+
+    ``boxes`` largest first; ``points`` the largest face's 68 landmarks. Several: a second face whose side
+    is at least ``several_faces_ratio`` of the largest (which one speaks is then unknown; 0 = off). Small:
+    the crop (``1 + 2 * margin`` times the face side) would be enlarged more than ``max_upscale`` times to
+    ``size`` (0 = off). Profile: ``|yaw_asymmetry| > max_yaw_asymmetry`` (0 = off).
+    """
+    if not boxes:
+        return "none"
+    first = max(boxes[0].w, boxes[0].h)
+    if several_faces_ratio > 0 and len(boxes) > 1 and max(boxes[1].w, boxes[1].h) >= several_faces_ratio * first:
+        return "several"
+    if max_upscale > 0 and size > max_upscale * first * (1.0 + 2.0 * margin):
+        return "small"
+    if max_yaw_asymmetry > 0 and points is not None and abs(yaw_asymmetry(points)) > max_yaw_asymmetry:
+        return "profile"
+    return "ok"

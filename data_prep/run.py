@@ -34,13 +34,15 @@ class PrepSummary:
     videos_total: int = 0  # inputs considered
     videos_processed: int = 0  # processed by this run (written or rejected)
     videos_resumed: int = 0  # skipped because an earlier run finished them
-    rejected: int = 0  # all runs
+    rejected: int = 0  # videos, all runs
+    rejected_clips: int = 0  # clips of accepted videos dropped by the lip-sync filter, all runs
     clips_written: int = 0  # by this run
     clips_total: int = 0  # in the output, all runs
     shards_total: int = 0
     source_seconds: float = 0.0  # seconds of source video processed by this run
     elapsed_s: float = 0.0
     clips_per_split: dict[str, int] = field(default_factory=dict)
+    # Videos per rejection stage, and, under "lipsync", clips the lip-sync filter dropped (all runs).
     rejected_by_stage: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -205,6 +207,8 @@ def run_prep(cfg: PrepConfig) -> PrepSummary:
                 record.update(
                     status="done", clips=len(keys), seconds=result.seconds, face_hit_rate=result.face_hit_rate
                 )
+                if result.clips_rejected:
+                    record["clips_rejected"] = result.clips_rejected
                 progress.expect(record, keys)
                 for sample in result.samples:
                     writer(result.task.split).write(sample)
@@ -265,6 +269,13 @@ def _write_outputs(output: Path, cfg: PrepConfig, state: PrepState, summary: Pre
     for v in rejected:
         summary.rejected_by_stage[v["stage"]] = summary.rejected_by_stage.get(v["stage"], 0) + 1
     summary.rejected = len(rejected)
+    clips_rejected = [
+        {"input": v["input"], **c} for v in state.videos.values() if v["status"] == "done"
+        for c in v.get("clips_rejected", [])
+    ]
+    for c in clips_rejected:
+        summary.rejected_by_stage[c["stage"]] = summary.rejected_by_stage.get(c["stage"], 0) + 1
+    summary.rejected_clips = len(clips_rejected)
     summary.clips_total = sum(s.count for s in state.shards)
     summary.shards_total = len(state.shards)
     manifest = {
@@ -284,6 +295,7 @@ def _write_outputs(output: Path, cfg: PrepConfig, state: PrepState, summary: Pre
         "hours": summary.clips_total * clip_seconds / 3600.0,
         "videos": sum(1 for v in state.videos.values() if v["status"] == "done"),
         "rejected": summary.rejected,
+        "rejected_clips": summary.rejected_clips,
         "rejected_by_stage": summary.rejected_by_stage,
         "config": asdict(cfg),
     }
@@ -291,5 +303,5 @@ def _write_outputs(output: Path, cfg: PrepConfig, state: PrepState, summary: Pre
     lines = [
         json.dumps({"input": v["input"], "stage": v["stage"], "reason": v["reason"]}, ensure_ascii=True)
         for v in rejected
-    ]
+    ] + [json.dumps(c, ensure_ascii=True) for c in clips_rejected]  # a clip line has "clip", "key", scores
     _atomic_write(output / REJECTED_FILE, "".join(line + "\n" for line in lines))
