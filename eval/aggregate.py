@@ -17,6 +17,7 @@ import torch
 from eval.bootstrap import BootstrapConfig, Estimate, frechet_estimate, weighted_mean_estimate
 from eval.protocol import EvalProtocol
 from eval.scoring import VideoRecord
+from rest_lightning.metrics.dlib_identity import DLIB_SAME_PERSON_DISTANCE
 
 REAL_SYSTEM = "real_video"
 
@@ -34,6 +35,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("sync_c", "Sync-C", True),
     MetricSpec("sync_d", "Sync-D", False),
     MetricSpec("csim", "CSIM", True),
+    MetricSpec("identity_dist", "ID-dist (dlib)", False),
+    MetricSpec("identity_match", "ID-match (dlib)", True),
     MetricSpec("lpips", "LPIPS", False),
     MetricSpec("psnr", "PSNR", True),
     MetricSpec("ssim", "SSIM", True),
@@ -50,6 +53,12 @@ def _means(records: list[VideoRecord], config: BootstrapConfig, rng: np.random.G
         # CSIM of a set = mean over videos of each video's mean over frames (metrics.CSIM)
         "csim": weighted_mean_estimate(np.array([float(r.csim_frames.mean()) for r in records]), ones, config, rng),
     }
+    identity = [r.identity_frames for r in records]
+    if all(v is not None for v in identity):
+        # like metrics.DlibIdentity: per video the mean distance and the share under dlib's 0.6, then mean over videos
+        out["identity_dist"] = weighted_mean_estimate(np.array([float(v.mean()) for v in identity]), ones, config, rng)
+        matches = np.array([float((v < DLIB_SAME_PERSON_DISTANCE).double().mean()) for v in identity])
+        out["identity_match"] = weighted_mean_estimate(matches, ones, config, rng)
     for name in ("lpips", "psnr", "ssim"):
         values = [getattr(r, f"{name}_frames") for r in records]
         if all(v is not None for v in values):

@@ -11,6 +11,9 @@ The unit of resampling is the test item (video): a replicate draws n items with 
   point estimate (bootstrap bias correction) and the percentile interval is taken of the shifted ones.
   Generated and real sides are resampled with the same counts (paired by item); the real-video row's
   two halves are resampled independently.
+  A squared distance is >= 0: the point estimate and the interval bounds are clamped at 0 (an exact
+  copy scores about -1e-7 before it, with an all-negative interval); the unclamped ones are kept as
+  ``raw_value``, ``raw_ci_low``, ``raw_ci_high``.
 
 Intervals are percentile intervals at ``confidence`` (default 95 %); replicates use a seeded numpy
 generator, so a rerun gives the same interval.
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rest_lightning.metrics.frechet import FeatureStats, frechet_distance_from_stats
+from rest_lightning.metrics.frechet import FeatureStats, clamp_distance, frechet_distance_raw_from_stats
 
 # A bound within this relative distance of the point estimate is rounding (float64 sums in another
 # order), not a real interval edge; the interval is widened to include the estimate.
@@ -53,9 +56,13 @@ class Estimate:
     ci_low: float
     ci_high: float
     n: int  # videos (or video pairs) the estimate is over
+    raw: tuple[float, float, float] | None = None  # Fréchet distances: (value, ci_low, ci_high) before the clamp at 0
 
     def as_dict(self) -> dict[str, float | int]:
-        return {"value": self.value, "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n}
+        out = {"value": self.value, "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n}
+        if self.raw is not None:
+            out |= {"raw_value": self.raw[0], "raw_ci_low": self.raw[1], "raw_ci_high": self.raw[2]}
+        return out
 
 
 def draw_counts(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
@@ -101,8 +108,9 @@ def frechet_estimate(
     first: list[Tensor], second: list[Tensor], ddof: int, paired: bool, config: BootstrapConfig, rng: np.random.Generator
 ) -> Estimate:
     """Fréchet distance between the pooled features of two item lists (each item ``(N_i, D)``), with a
-    bias-corrected percentile interval (module doc). ``paired``: both lists are the same items."""
-    value = frechet_distance_from_stats(
+    bias-corrected percentile interval, both clamped at 0 and kept raw (module doc). ``paired``: both
+    lists are the same items."""
+    value = frechet_distance_raw_from_stats(
         _pooled_stats(first, np.ones(len(first))), _pooled_stats(second, np.ones(len(second))), ddof
     )
     if paired and len(first) != len(second):
@@ -114,10 +122,14 @@ def frechet_estimate(
         stats_first, stats_second = _pooled_stats(first, counts_first), _pooled_stats(second, counts_second)
         if stats_first.count <= ddof or stats_second.count <= ddof:
             continue  # a draw of one frame-less side cannot give a covariance; skip it
-        replicates.append(frechet_distance_from_stats(stats_first, stats_second, ddof))
+        replicates.append(frechet_distance_raw_from_stats(stats_first, stats_second, ddof))
     reps = np.asarray(replicates)
     if len(reps) == 0:
-        return Estimate(value, value, value, len(first))
-    shifted = reps - (reps.mean() - value)
-    low, high = percentile_interval(value, shifted, config.confidence)
-    return Estimate(value, low, high, len(first))
+        low = high = value
+    else:
+        # the bias correction works on the raw scale; clamping first would shift by a skewed mean
+        shifted = reps - (reps.mean() - value)
+        low, high = percentile_interval(value, shifted, config.confidence)
+    return Estimate(
+        clamp_distance(value), clamp_distance(low), clamp_distance(high), len(first), raw=(value, low, high)
+    )

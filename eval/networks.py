@@ -158,7 +158,7 @@ def build_suite(networks: str, weights: dict[str, str | None], allow_random_weig
     fid_cfg = FIDConfig(image_size=protocol.fid.image_size, ddof=protocol.fid.ddof)
     fvd_cfg = FVDConfig(
         clip_frames=protocol.fvd.clip_frames, clip_start=protocol.fvd.clip_start,
-        frame_size=protocol.fvd.frame_size, ddof=protocol.fvd.ddof,
+        frame_size=protocol.fvd.frame_size, ddof=protocol.fvd.ddof, uint8_rounding=protocol.fvd.uint8_rounding,
     )
     sync_cfg = SyncConfig(fps=protocol.fps, vshift=protocol.sync.vshift)
     csim_cfg = CSIMConfig(clip_negative=protocol.csim.clip_negative)
@@ -174,9 +174,11 @@ def build_suite(networks: str, weights: dict[str, str | None], allow_random_weig
         lipsync = LipSync(network=build_random(TinySyncNet), config=sync_cfg)
         csim = CSIM(network=build_random(TinyFaceEmbedder), config=csim_cfg)
     else:
-        fid = FID(weights.get("fid_inception"), allow, fid_cfg)
-        fvd = FVD(weights.get("i3d"), allow, fvd_cfg)
+        digests = protocol.weight_sha256  # files identified by sha256 (rest_lightning.metrics.weights)
+        fid = FID(weights.get("fid_inception"), allow, fid_cfg, expected_sha256=digests.get("fid_inception", ()))
+        fvd = FVD(weights.get("i3d"), allow, fvd_cfg, expected_sha256=digests.get("i3d", ()))
         lipsync = LipSync(weights.get("syncnet"), allow, sync_cfg)
         csim = CSIM(weights.get("arcface"), allow, csim_cfg)
     lpips = LPIPS(weights.get("lpips_alex"), allow)
-    return MetricSuite(fid, fvd, lipsync, csim, lpips, PSNR(), SSIM(), networks, dict(weights))
+    ssim = SSIM(variant=protocol.ssim.variant)
+    return MetricSuite(fid, fvd, lipsync, csim, lpips, PSNR(), ssim, networks, dict(weights))

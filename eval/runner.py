@@ -66,9 +66,9 @@ log = logging.getLogger(__name__)
 RESULTS_SCHEMA = "rest-eval-results/1"
 WAIT_POLL_S = 5.0  # how often rank 0 looks for the other ranks' score files
 CSIM_TEMPLATE_NOTE = (
-    "CSIM landmarks: no 5-point landmark detector is available offline, so the ArcFace template positions "
-    "are placed on the (already aligned) face crops (protocol csim.landmarks=template, template_fraction); "
-    "faces that are not centred and upright in their crop are aligned wrongly."
+    "CSIM landmarks: the ArcFace template positions are placed on the (already aligned) face crops (protocol "
+    "csim.landmarks=template, template_fraction); faces that are not centred and upright in their crop are aligned "
+    "wrongly. Version-2 protocols align by dlib's 68 landmarks (csim.landmarks=dlib68)."
 )
 FPS_NOTE = "FPS from rest-bench (chunk-latency percentiles, no per-video samples): no bootstrap interval."
 
@@ -249,7 +249,7 @@ def build_results(
                 fps = Estimate(bench["report"]["fps"], None, None, None) if bench else None  # type: ignore[arg-type]
                 metrics["fps"] = _metric_entry("fps", fps, False, note=FPS_NOTE, bench=bench["path"] if bench else None)
             else:
-                metrics[spec.name] = _metric_entry(spec.name, estimates.get(spec.name), uncalibrated[spec.name])
+                metrics[spec.name] = _metric_entry(spec.name, estimates.get(spec.name), uncalibrated.get(spec.name, False))
         return {
             "system": system, "kind": kind, "source": source, **common, "metrics": metrics,
             "videos": len(recs), "frames": sum(r.frames for r in recs),

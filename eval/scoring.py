@@ -1,8 +1,17 @@
 """Per-video scores: everything the set-level metrics and their bootstrap need, from one video.
 
 A :class:`VideoRecord` holds a video's FID frame features, its FVD clip feature, its Sync-C/D and AV
-offset, its per-frame CSIM and (for generated videos) per-frame LPIPS/PSNR/SSIM against the ground
-truth. Set-level numbers are means over videos or Fréchet distances over the pooled features
+offset, its per-frame CSIM, its per-frame dlib identity distance (protocol ``identity.dlib``) and (for
+generated videos) per-frame LPIPS/PSNR/SSIM against the ground truth.
+
+Protocols that need faces (``EvalProtocol.needs_faces``: version 2) track the face of every frame with
+dlib (``rest_lightning.faces``, the ``faces`` extra): the largest detection per frame, frames without one
+filled by interpolation as syncnet_python's tracker does, the rest-prep nominal box (the central
+``csim.template_fraction``) when no frame has a face. That track gives the SyncNet crop
+(``sync.crop: syncnet``, ``rest_lightning.metrics.sync_crop``), the 68 landmarks whose 5 points align
+CSIM (``csim.landmarks: dlib68``) and the dlib identity's faces.
+
+Set-level numbers are means over videos or Fréchet distances over the pooled features
 (``eval.aggregate``), so resampling videos (bootstrap) needs only these records. Records are cached
 as ``<out>/scores/<system>/<id>.pt`` with the protocol hash and the networks' fingerprint: a rerun, or
 another rank, reuses them; anything else changed makes them stale and they are recomputed.
@@ -24,8 +33,11 @@ from torch import Tensor
 from eval.manifest import Clip, ManifestError
 from eval.networks import MetricSuite
 from eval.protocol import EvalProtocol
+from rest_lightning import faces
+from rest_lightning.metrics.dlib_identity import DlibIdentity, DlibIdentityConfig, nominal_face_box
 from rest_lightning.metrics.face_align import ARCFACE_TEMPLATE_112, align_faces
 from rest_lightning.metrics.preprocess import video_to_frames
+from rest_lightning.metrics.sync_crop import SyncCropConfig, interpolate_track, syncnet_crops
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +61,8 @@ class VideoRecord:
     lpips_frames: Tensor | None  # (T,) vs ground truth; None for ground-truth videos
     psnr_frames: Tensor | None
     ssim_frames: Tensor | None
+    identity_frames: Tensor | None = None  # (T,) dlib embedding distance to the reference (identity.dlib)
+    face_detected: float | None = None  # fraction of frames with a detected face (protocols with a face track)
 
     def to_payload(self, stamp: str) -> dict:
         payload = {
@@ -60,10 +74,12 @@ class VideoRecord:
             "sync": torch.tensor([self.sync_offset, self.sync_confidence, self.sync_distance], dtype=torch.float64),
             "csim_frames": self.csim_frames,
         }
-        for name in ("lpips_frames", "psnr_frames", "ssim_frames"):
+        for name in ("lpips_frames", "psnr_frames", "ssim_frames", "identity_frames"):
             value = getattr(self, name)
             if value is not None:
                 payload[name] = value
+        if self.face_detected is not None:
+            payload["face_detected"] = torch.tensor(self.face_detected, dtype=torch.float64)
         return payload
 
     @classmethod
@@ -75,6 +91,8 @@ class VideoRecord:
             sync_offset=int(sync[0]), sync_confidence=float(sync[1]), sync_distance=float(sync[2]),
             csim_frames=payload["csim_frames"], lpips_frames=payload.get("lpips_frames"),
             psnr_frames=payload.get("psnr_frames"), ssim_frames=payload.get("ssim_frames"),
+            identity_frames=payload.get("identity_frames"),
+            face_detected=float(payload["face_detected"]) if "face_detected" in payload else None,
         )
 
 
@@ -153,11 +171,55 @@ def template_landmarks(size: int, fraction: float) -> Tensor:
     return size / 2 + (template / ARCFACE_SIZE - 0.5) * size * fraction
 
 
-def aligned_faces(images: Tensor, protocol: EvalProtocol) -> Tensor:
-    """``(N, 3, S, S)`` face crops -> ``(N, 3, 112, 112)`` ArcFace-aligned faces."""
-    points = template_landmarks(images.shape[-1], protocol.csim.template_fraction)
-    landmarks = points[None].expand(images.shape[0], 5, 2)
+def aligned_faces(images: Tensor, protocol: EvalProtocol, landmarks: Tensor | None = None) -> Tensor:
+    """``(N, 3, S, S)`` face crops -> ``(N, 3, 112, 112)`` ArcFace-aligned faces: by ``landmarks``
+    ``(N, 5, 2)`` (``csim.landmarks: dlib68``) or the template placed on the crop (``template``)."""
+    if landmarks is None:
+        points = template_landmarks(images.shape[-1], protocol.csim.template_fraction)
+        landmarks = points[None].expand(images.shape[0], 5, 2)
     return align_faces(images.float(), landmarks, ARCFACE_SIZE)
+
+
+# --- face track (protocols with needs_faces) ----------------------------------------------------------
+
+
+@dataclass
+class FaceTrack:
+    """Per-frame face boxes ``(T, 4)`` ``[x0, y0, x1, y1]`` and whether each was detected ``(T,)``."""
+
+    boxes: np.ndarray
+    detected: np.ndarray
+
+
+def face_track(frames: np.ndarray, protocol: EvalProtocol) -> FaceTrack:
+    """The largest dlib face of each frame ``(T, H, W, 3)`` uint8; gaps interpolated (module doc)."""
+    boxes = np.zeros((len(frames), 4))
+    detected = np.zeros(len(frames), bool)
+    for t, frame in enumerate(frames):
+        found = faces.detect_faces(frame, protocol.face.detector, protocol.face.upsample)
+        if len(found):
+            boxes[t], detected[t] = found[0], True
+    if detected.any():
+        return FaceTrack(interpolate_track(boxes, detected), detected)
+    h, w = frames.shape[1:3]
+    log.warning("no face found in any of %d frames (%dx%d): using the nominal face box of the crop", len(frames), h, w)
+    return FaceTrack(np.tile(nominal_face_box(h, w, protocol.csim.template_fraction), (len(frames), 1)), detected)
+
+
+def five_points(frames: np.ndarray, boxes: np.ndarray) -> Tensor:
+    """ArcFace 5 points ``(T, 5, 2)`` from dlib's 68 landmarks in each frame's box."""
+    points = [faces.landmarks5(frame, box) for frame, box in zip(frames, boxes, strict=True)]
+    return torch.from_numpy(np.stack(points)).to(torch.float64)
+
+
+def sync_video(frames: np.ndarray, track: FaceTrack | None, protocol: EvalProtocol, device: torch.device) -> Tensor:
+    """What SyncNet scores, ``(3, T, H', W')`` in [-1, 1]: the protocol frames (``sync.crop: protocol``;
+    ``LipSync`` resizes them to 224) or syncnet_python's crops of the face track (``syncnet``)."""
+    if protocol.sync.crop == "protocol":
+        return to_video_tensor(frames, device)
+    assert track is not None, "sync.crop: syncnet needs the face track (EvalProtocol.needs_faces)"
+    config = SyncCropConfig(crop_scale=protocol.sync.crop_scale, smooth_kernel=protocol.sync.smooth_kernel)
+    return to_video_tensor(syncnet_crops(frames, track.boxes, config), device)
 
 
 # --- scoring ------------------------------------------------------------------------------------------
@@ -207,15 +269,26 @@ def score_video(
     spf = protocol.sample_rate // protocol.fps
     video = to_video_tensor(video_np, device)  # (3, T, S, S)
     frames_2d = video_to_frames(video[None])  # (T, 3, S, S)
+    ref_np = data.ref if protocol.csim.reference == "ref" else data.truth[0]  # (S, S, 3) uint8
+    track = ref_track = None
+    if protocol.needs_faces:
+        track, ref_track = face_track(video_np, protocol), face_track(ref_np[None], protocol)
     with torch.no_grad():
         fid_features = suite.fid.extract_features(frames_2d[:: protocol.fid.frame_stride]).float().cpu()
         fvd_features = suite.fvd.extract_features(video[None]).float().cpu()
         audio = torch.from_numpy(data.audio[: count * spf]).to(device)
-        sync = suite.lipsync.score_video(video, audio)
-        reference = to_video_tensor(data.ref[None] if protocol.csim.reference == "ref" else data.truth[:1], device)[:, 0]
-        faces = aligned_faces(frames_2d, protocol)  # (T, 3, 112, 112)
-        ref_face = aligned_faces(reference[None], protocol)  # (1, 3, 112, 112)
-        csim = suite.csim.frame_similarities(faces.transpose(0, 1)[None], ref_face)[0].cpu()
+        sync = suite.lipsync.score_video(sync_video(video_np, track, protocol, device), audio)
+        reference = to_video_tensor(ref_np[None], device)[:, 0][None]  # (1, 3, S, S)
+        points = ref_points = None
+        if protocol.csim.landmarks == "dlib68":
+            points, ref_points = five_points(video_np, track.boxes), five_points(ref_np[None], ref_track.boxes)
+        face_crops = aligned_faces(frames_2d, protocol, points)  # (T, 3, 112, 112)
+        ref_face = aligned_faces(reference, protocol, ref_points)  # (1, 3, 112, 112)
+        csim = suite.csim.frame_similarities(face_crops.transpose(0, 1)[None], ref_face)[0].cpu()
+    identity = None
+    if protocol.identity.dlib:
+        identity_metric = DlibIdentity(DlibIdentityConfig(face_fraction=protocol.csim.template_fraction))
+        identity = identity_metric.frame_distances(video[None], reference, track.boxes[None], ref_track.boxes)[0]
     lpips = psnr = ssim = None
     if paired:
         target = video_to_frames(to_video_tensor(truth, device)[None])
@@ -226,4 +299,5 @@ def score_video(
         item_id=data.item_id, frames=count, fid_features=fid_features, fvd_features=fvd_features,
         sync_offset=sync.offset, sync_confidence=sync.confidence, sync_distance=sync.min_distance,
         csim_frames=csim.to(torch.float64), lpips_frames=lpips, psnr_frames=psnr, ssim_frames=ssim,
+        identity_frames=identity, face_detected=None if track is None else float(track.detected.mean()),
     )

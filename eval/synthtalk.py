@@ -257,7 +257,7 @@ def score(video: Tensor, speaker: Speaker, calibration: IdentityCalibration, wit
     if with_truth:
         truth = truth_row(speaker)[: video.shape[0]]
         video = video[: truth.shape[0]]
-        psnr, ssim = PSNR(), SSIM()
+        psnr, ssim = PSNR(), SSIM(variant="torchmetrics_padded")  # synthtalk_v1's SSIM (padded borders)
         psnr.update(video, truth)
         ssim.update(video, truth)
         scores.psnr, scores.ssim = float(psnr.compute()), float(ssim.compute())

@@ -33,6 +33,7 @@ import logging
 import os
 import pickle
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from rest_lightning.run_dir import TEMP_MARK
+from rest_lightning.state_dict_compat import legacy_missing_keys
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -383,9 +385,12 @@ def load_weights_into(
     source: str,
 ) -> tuple[list[str], list[str]]:
     """Copy ``state`` into ``module``; shape mismatches always fail, missing/unexpected keys fail when
-    ``strict``. Returns ``(missing, unexpected)``. The error lists the keys (first 20 of each)."""
+    ``strict``. Returns ``(missing, unexpected)``. The error lists the keys (first 20 of each).
+    BatchNorm ``num_batches_tracked`` keys absent from a legacy file are not missing, exactly where
+    torch's own strict load fills them in (``rest_lightning.state_dict_compat``)."""
     own = module.state_dict()
-    missing = sorted(k for k in own if k not in state)
+    tolerated = legacy_missing_keys(module, state)
+    missing = sorted(k for k in own if k not in state and k not in tolerated)
     unexpected = sorted(k for k in state if k not in own)
     mismatched = sorted(
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -403,7 +408,10 @@ def load_weights_into(
             f"cannot load {source}:\n" + "\n".join(problems)
             + "\nUse init_from_key_map to rename prefixes, or init_from_strict=false to allow missing/unused keys."
         )
-    module.load_state_dict(dict(state), strict=False)
+    plain = OrderedDict(state)
+    if hasattr(state, "_metadata"):
+        plain._metadata = state._metadata  # type: ignore[attr-defined]  # torch reads layer versions from it
+    module.load_state_dict(plain, strict=False)
     return missing, unexpected
 
 

@@ -7,6 +7,7 @@ covariance. FID is frame-level: pass every frame of every video (``video_to_fram
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,9 @@ class FID(FrechetMetric):
         allow_random_weights: ``eval.allow_random_weights``; without a path, use seeded random weights.
         config: preprocessing and statistics options.
         network: a custom :class:`FeatureExtractor` instead of the FID Inception (always uncalibrated).
+        expected_sha256: the protocol's ``weight_sha256.fid_inception``: digests of the reference file
+            (empty: not checked). Another file is refused unless ``allow_random_weights``, which loads it
+            uncalibrated.
     """
 
     def __init__(
@@ -56,12 +60,16 @@ class FID(FrechetMetric):
         allow_random_weights: bool = False,
         config: FIDConfig | None = None,
         network: FeatureExtractor | None = None,
+        expected_sha256: Sequence[str] = (),
     ) -> None:
         config = config or FIDConfig()
         if network is not None and not isinstance(network, FeatureExtractor):
             raise TypeError(f"FID network must subclass FeatureExtractor, got {type(network).__name__}")
         loaded = metric_network(
-            network, lambda: load_network(FID_INCEPTION_FILE, FIDInceptionV3, weights_path, allow_random_weights, "FID")
+            network,
+            lambda: load_network(
+                FID_INCEPTION_FILE, FIDInceptionV3, weights_path, allow_random_weights, "FID", expected_sha256
+            ),
         )
         module, calibrated = loaded.module, loaded.calibrated
         super().__init__(

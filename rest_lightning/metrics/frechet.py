@@ -8,6 +8,10 @@ scipy ``sqrtm`` failure mode listed in reference/metrics.md §1.3 (the 1.11-1.12
 regression, the ``disp`` removal, NaNs on rank-deficient Σ) and agrees with it to ~1e-12 on
 well-conditioned inputs.
 
+d² is a squared distance, so it is >= 0; in floating point the trace terms cancel and an exact copy can
+come out at about -1e-7 (FVD of identical sets). :func:`frechet_distance` clamps at 0 and
+:func:`frechet_distance_raw` keeps the unclamped value, so reports can carry both.
+
 Features are accumulated as sufficient statistics (Σx, Σxxᵀ, n) in float64, which are plain sums:
 they all-reduce across ranks with ``sum`` and the mean/covariance are formed only at compute time.
 """
@@ -41,13 +45,14 @@ def _as_float64(name: str, value: Tensor | np.ndarray, device: torch.device | No
     return value.to(device=device, dtype=torch.float64)
 
 
-def frechet_distance(
+def frechet_distance_raw(
     mu1: Tensor | np.ndarray,
     sigma1: Tensor | np.ndarray,
     mu2: Tensor | np.ndarray,
     sigma2: Tensor | np.ndarray,
 ) -> float:
-    """Squared 2-Wasserstein (Fréchet) distance between N(mu1, sigma1) and N(mu2, sigma2).
+    """Squared 2-Wasserstein (Fréchet) distance between N(mu1, sigma1) and N(mu2, sigma2), unclamped
+    (it can be a rounding-sized negative number for identical inputs; see :func:`frechet_distance`).
 
     Args:
         mu1, mu2: means, shape ``(D,)``.
@@ -85,6 +90,21 @@ def frechet_distance(
     diff = m1 - m2
     distance = diff.dot(diff) + torch.trace(s1) + torch.trace(s2) - 2 * trace_sqrt_product
     return float(distance)
+
+
+def clamp_distance(raw: float) -> float:
+    """A Fréchet distance is a squared distance: a negative value is rounding, reported as 0."""
+    return max(raw, 0.0)
+
+
+def frechet_distance(
+    mu1: Tensor | np.ndarray,
+    sigma1: Tensor | np.ndarray,
+    mu2: Tensor | np.ndarray,
+    sigma2: Tensor | np.ndarray,
+) -> float:
+    """:func:`frechet_distance_raw` clamped at 0 (the reported FID/FVD)."""
+    return clamp_distance(frechet_distance_raw(mu1, sigma1, mu2, sigma2))
 
 
 @dataclass(frozen=True)
@@ -167,14 +187,19 @@ class FeatureStats:
         )
 
 
+def frechet_distance_raw_from_stats(stats1: FeatureStats, stats2: FeatureStats, ddof: int) -> float:
+    """:func:`frechet_distance_raw` between the Gaussian fits of two feature sets."""
+    return frechet_distance_raw(stats1.mean(), stats1.covariance(ddof), stats2.mean(), stats2.covariance(ddof))
+
+
 def frechet_distance_from_stats(stats1: FeatureStats, stats2: FeatureStats, ddof: int) -> float:
-    """:func:`frechet_distance` between the Gaussian fits of two feature sets."""
-    return frechet_distance(stats1.mean(), stats1.covariance(ddof), stats2.mean(), stats2.covariance(ddof))
+    """:func:`frechet_distance` (clamped at 0) between the Gaussian fits of two feature sets."""
+    return clamp_distance(frechet_distance_raw_from_stats(stats1, stats2, ddof))
 
 
 class FrechetMetric(Metric):
     """A torchmetrics ``Metric`` that accumulates real and generated features and returns their
-    Fréchet distance (float64 scalar tensor).
+    Fréchet distance (float64 scalar tensor, clamped at 0).
 
     Subclasses turn inputs into ``(N, D)`` features in :meth:`extract_features`; :meth:`update` adds
     them to the real or the generated side. The states are float64 sums with ``sum`` reduction, so a
@@ -266,6 +291,11 @@ class FrechetMetric(Metric):
         return self._side_stats("fake")
 
     def compute(self) -> Tensor:
+        """The Fréchet distance clamped at 0 (float64 scalar tensor); :meth:`compute_raw` is unclamped."""
+        return self.compute_raw().clamp(min=0)
+
+    def compute_raw(self) -> Tensor:
+        """The unclamped Fréchet distance (float64 scalar tensor; ~-1e-7 is possible for identical sets)."""
         real, fake = self.real_stats(), self.fake_stats()
         minimum = self.ddof + 1
         for side, stats in (("real", real), ("generated", fake)):
@@ -283,7 +313,7 @@ class FrechetMetric(Metric):
                 fake.count,
                 self.num_features,
             )
-        return torch.tensor(frechet_distance_from_stats(real, fake, self.ddof), dtype=torch.float64)
+        return torch.tensor(frechet_distance_raw_from_stats(real, fake, self.ddof), dtype=torch.float64)
 
     def reset(self) -> None:
         if self.reset_real_features:

@@ -3,14 +3,26 @@
 All take frames ``(N, 3, H, W)`` in [-1, 1] (fold videos with ``video_to_frames``) and average the
 per-frame values, so a distributed compute equals the single-process mean over all frames. PSNR and
 SSIM run on [0, 1] with ``data_range=1`` set explicitly (torchmetrics would infer it from the data).
+
+SSIM comes in two variants that differ only at the image border (metrics.md §7.2), named by the eval
+protocol's ``ssim.variant``:
+
+* ``wang_valid`` (default): Wang et al.'s SSIM map only where the 11x11 window fits inside the image,
+  averaged over it and over RGB; equal to ``skimage.metrics.structural_similarity(gaussian_weights=True,
+  sigma=1.5, use_sample_covariance=False, data_range=1, channel_axis=...)`` and to JunyaoHu's
+  OpenCV 'valid' SSIM.
+* ``torchmetrics_padded``: torchmetrics' ``structural_similarity_index_measure``, whose map covers the
+  whole image with reflect-padded borders (up to ~5e-3 off the first on 32x32 frames).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, get_args
 
 import lpips
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
@@ -30,6 +42,8 @@ SSIM_KERNEL_SIZE = 11  # Wang et al. SSIM: 11x11 Gaussian window, sigma 1.5, K1 
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
+SSIMVariant = Literal["wang_valid", "torchmetrics_padded"]
+SSIM_VARIANTS: tuple[str, ...] = get_args(SSIMVariant)
 
 
 def _check_pair(preds: Tensor, target: Tensor, name: str) -> None:
@@ -93,16 +107,73 @@ class PSNR(_PerFrameMean):
         return psnr.clamp(max=PSNR_CAP_DB)
 
 
+def _gaussian_window(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The 1-D SSIM window ``(K,)``: Gaussian, sigma 1.5, K = 11, normalised to sum 1 (skimage's
+    ``gaussian_filter`` with truncate 3.5 has the same radius 5)."""
+    offsets = torch.arange(SSIM_KERNEL_SIZE, dtype=dtype, device=device) - (SSIM_KERNEL_SIZE - 1) / 2
+    window = torch.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
+    return window / window.sum()
+
+
+def ssim_wang_valid(preds: Tensor, target: Tensor) -> Tensor:
+    """Per-image SSIM of Wang et al. (2004) over the valid region, as skimage computes it.
+
+    Args:
+        preds, target: ``(N, C, H, W)`` in [0, 1] (data range 1), H and W >= 11.
+
+    Returns:
+        ``(N,)`` float64: the mean over channels and over the ``(H - 10) x (W - 10)`` positions where
+        the 11x11 window fits, of ``((2 mu_x mu_y + C1)(2 cov_xy + C2)) / ((mu_x² + mu_y² + C1)(var_x
+        + var_y + C2))`` with population (ddof 0) moments and ``C = (K * 1)²``. Computed in float64.
+    """
+    if min(preds.shape[-2:]) < SSIM_KERNEL_SIZE:
+        raise ValueError(
+            f"SSIM (wang_valid) needs frames of at least {SSIM_KERNEL_SIZE}x{SSIM_KERNEL_SIZE}, got "
+            f"{tuple(preds.shape[-2:])}"
+        )
+    x, y = preds.to(torch.float64), target.to(torch.float64)
+    n, c, h, w = x.shape
+    window = _gaussian_window(torch.float64, x.device)
+    kernel_h = window.view(1, 1, SSIM_KERNEL_SIZE, 1).expand(c, 1, SSIM_KERNEL_SIZE, 1)
+    kernel_w = window.view(1, 1, 1, SSIM_KERNEL_SIZE).expand(c, 1, 1, SSIM_KERNEL_SIZE)
+
+    def local_mean(image: Tensor) -> Tensor:
+        # separable Gaussian, no padding: (N, C, H, W) -> (N, C, H - 10, W - 10)
+        return F.conv2d(F.conv2d(image, kernel_h, groups=c), kernel_w, groups=c)
+
+    mu_x, mu_y = local_mean(x), local_mean(y)
+    var_x = local_mean(x * x) - mu_x**2
+    var_y = local_mean(y * y) - mu_y**2
+    cov_xy = local_mean(x * y) - mu_x * mu_y
+    c1, c2 = SSIM_K1**2, SSIM_K2**2  # data range 1
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean(dim=(1, 2, 3))
+
+
 class SSIM(_PerFrameMean):
-    """Mean per-frame SSIM (Gaussian 11x11, sigma 1.5; torchmetrics' padding) on [0, 1] (higher is better)."""
+    """Mean per-frame SSIM (Gaussian 11x11, sigma 1.5, K1 0.01, K2 0.03) on [0, 1] (higher is better).
+
+    Args:
+        variant: ``wang_valid`` (skimage / Wang et al., the default) or ``torchmetrics_padded`` (the
+            ``*_v1`` protocols); module doc.
+    """
 
     higher_is_better = True
     metric_name = "ssim"
 
+    def __init__(self, variant: SSIMVariant = "wang_valid") -> None:
+        super().__init__()
+        if variant not in SSIM_VARIANTS:
+            raise ValueError(f"SSIM variant {variant!r} is not one of {', '.join(SSIM_VARIANTS)} (protocol ssim.variant)")
+        self.variant = variant
+
     def per_frame(self, preds: Tensor, target: Tensor) -> Tensor:
+        preds01, target01 = (preds + 1) / 2, (target + 1) / 2
+        if self.variant == "wang_valid":
+            return ssim_wang_valid(preds01, target01)
         return structural_similarity_index_measure(
-            (preds + 1) / 2,
-            (target + 1) / 2,
+            preds01,
+            target01,
             data_range=1.0,
             reduction="none",
             gaussian_kernel=True,

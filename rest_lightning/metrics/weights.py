@@ -5,12 +5,19 @@ with no path the metric raises :class:`MissingWeightsError` naming the file and 
 ``eval.allow_random_weights=true`` instead builds the network with seeded random weights (identical on
 every rank, so distributed updates stay consistent), and the metric then marks every number it
 produces as uncalibrated.
+
+A file is identified by its SHA-256, not its name: an eval protocol lists the digests it accepts per
+weights key (``weight_sha256``). A file with another digest is refused (the message names both
+digests) unless the run is explicitly uncalibrated (``eval.allow_random_weights=true``), in which case
+it loads and its numbers are labelled uncalibrated. A key the protocol lists no digest for is not
+checked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -19,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from rest_lightning.metrics.nets.base import freeze
+from rest_lightning.state_dict_compat import legacy_missing_keys
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +34,15 @@ logger = logging.getLogger(__name__)
 # caller's random stream is untouched), so every rank and every run gets the same uncalibrated network.
 RANDOM_WEIGHTS_SEED = 0
 _MAX_KEYS_LISTED = 10  # how many offending keys an error message lists before "..."
+_HASH_CHUNK_BYTES = 1 << 20  # read weight files in 1 MiB chunks when hashing them
 
 
 class MissingWeightsError(FileNotFoundError):
     """A metric network's weight file was not configured or does not exist."""
+
+
+class WeightsDigestError(ValueError):
+    """A weight file whose SHA-256 is not one the eval protocol accepts."""
 
 
 @dataclass(frozen=True)
@@ -107,14 +120,50 @@ def resolve_weights_path(spec: WeightsFile, path: str | Path | None, metric: str
     return resolved
 
 
+def file_sha256(path: str | Path) -> str:
+    """Lower-case hex SHA-256 of the file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_calibrated_by_digest(
+    spec: WeightsFile, path: Path, expected_sha256: Sequence[str], allow_uncalibrated: bool, metric: str
+) -> bool:
+    """Whether the file at ``path`` is a reference file for the protocol (module doc).
+
+    True when ``expected_sha256`` is empty (not pinned) or holds the file's digest; False when it does
+    not and ``allow_uncalibrated``; otherwise :class:`WeightsDigestError` naming both digests.
+    """
+    if not expected_sha256:
+        return True
+    actual = file_sha256(path)
+    if actual in {d.lower() for d in expected_sha256}:
+        return True
+    message = (
+        f"{metric}: {path} has sha256 {actual}, but the protocol's weight_sha256.{spec.key} expects "
+        f"{' or '.join(expected_sha256)}; use that file, or eval.allow_random_weights=true for uncalibrated numbers"
+    )
+    if not allow_uncalibrated:
+        raise WeightsDigestError(message)
+    logger.warning("%s; loading it anyway, its numbers are labelled UNCALIBRATED", message)
+    return False
+
+
 def read_state_dict(path: Path) -> dict[str, Tensor]:
-    """A plain ``{name: tensor}`` state dict from ``path``, unpickled with ``weights_only=True``."""
+    """A plain ``{name: tensor}`` state dict from ``path``, unpickled with ``weights_only=True``.
+
+    torch's ``_metadata`` (per-layer state-dict versions) stays attached: it decides which legacy keys
+    a strict load may miss (:func:`~rest_lightning.state_dict_compat.legacy_missing_keys`).
+    """
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
     ):
         raise ValueError(f"{path} is not a plain state dict of named tensors (got {type(state).__name__})")
-    return dict(state)
+    return state if isinstance(state, dict) else dict(state)
 
 
 def _listed(keys: list[str]) -> str:
@@ -123,9 +172,13 @@ def _listed(keys: list[str]) -> str:
 
 
 def load_state_dict_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
-    """Load ``state`` into ``module``, failing with every missing, unexpected or mis-shaped key listed."""
+    """Load ``state`` into ``module``, failing with every missing, unexpected or mis-shaped key listed.
+
+    Missing keys that torch's own strict load fills in (``num_batches_tracked`` of a pre-0.4.1 file,
+    :func:`~rest_lightning.state_dict_compat.legacy_missing_keys`) are accepted, and only those.
+    """
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(set(expected) - set(state) - legacy_missing_keys(module, state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = sorted(
         f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
@@ -196,11 +249,14 @@ def load_network(
     path: str | Path | None,
     allow_random_weights: bool,
     metric: str,
+    expected_sha256: Sequence[str] = (),
 ) -> LoadedNetwork:
     """Build a network and load its reference weights from ``path`` strictly.
 
     With ``path=None`` and ``allow_random_weights`` the network keeps seeded random weights and is
-    reported uncalibrated; with ``path=None`` otherwise, :class:`MissingWeightsError`.
+    reported uncalibrated; with ``path=None`` otherwise, :class:`MissingWeightsError`. A file whose
+    digest is not in ``expected_sha256`` (when given) is refused, or loaded uncalibrated with
+    ``allow_random_weights`` (:func:`weights_calibrated_by_digest`).
     """
     if path is None and allow_random_weights:
         logger.warning(
@@ -212,6 +268,7 @@ def load_network(
         )
         return LoadedNetwork(freeze(build_random(builder)), calibrated=False)
     resolved = resolve_weights_path(spec, path, metric)
+    calibrated = weights_calibrated_by_digest(spec, resolved, expected_sha256, allow_random_weights, metric)
     module = builder()
     load_state_dict_strict(module, read_state_dict(resolved), source=str(resolved))
-    return LoadedNetwork(freeze(module), calibrated=True)
+    return LoadedNetwork(freeze(module), calibrated=calibrated)

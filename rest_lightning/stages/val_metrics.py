@@ -3,7 +3,17 @@
 The same torchmetrics ``Metric``s the offline suite uses (``rest_lightning.metrics``), so the numbers a
 run logs are the numbers ``rest-eval`` computes. They sync across ranks themselves (float64 sums).
 The metric networks are kept out of the stage's module tree: they are not trained and do not belong
-in its checkpoints. CSIM is left to ``rest-eval``: it needs 5-point face landmarks of every frame.
+in its checkpoints.
+
+Identity (issue 17): ``identity`` is dlib's 128-d embedding distance of each generated clip's frames to
+the reference (``val/identity_dist``, ``val/identity_match``; ``rest_lightning.metrics.dlib_identity``),
+with no weight file; when the ``faces`` extra is missing it is skipped with one log line. ``csim`` is
+ArcFace CSIM (``weights.arcface``), aligned by the 5 points of dlib's 68 landmarks when the extra is
+installed, else by the ArcFace template placed on the crop. Validation clips are rest-prep face crops,
+so both take the nominal face box (the central ``identity_face_fraction`` of the frame) instead of running
+a detector, and score ``identity_frames`` evenly spaced frames per clip plus the reference: dlib costs
+about 0.1 s per face on one CPU core (0.5 s per clip at the default 4 frames), ArcFace R100 about 24 GFLOP
+per face.
 
 Results are logged under ``val/<key>``, where the key carries ``_uncalibrated`` when the network runs
 on random weights (``allow_random_weights``), so such a number can never pass for a real FID.
@@ -25,26 +35,47 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from rest_lightning import faces
 from rest_lightning.data.batch import ClipBatch
 from rest_lightning.data.schema import MediaSpec
 from rest_lightning.distributed import is_distributed
-from rest_lightning.metrics import FID, FVD, LipSync, MetricWeightsConfig, SynthTalkIdentity, SynthTalkLipSync
+from rest_lightning.metrics import (
+    CSIM,
+    FID,
+    FVD,
+    LipSync,
+    MetricWeightsConfig,
+    SynthTalkIdentity,
+    SynthTalkLipSync,
+)
+from rest_lightning.metrics.dlib_identity import (
+    DlibIdentity,
+    DlibIdentityConfig,
+    frame_indices,
+    nominal_face_box,
+    to_uint8_rgb,
+)
+from rest_lightning.metrics.face_align import align_faces, arcface_template
 from rest_lightning.metrics.synthtalk import MIN_SIZE
 
 log = logging.getLogger(__name__)
 
-METRIC_NAMES = ("fid", "fvd", "sync")
+METRIC_NAMES = ("fid", "fvd", "sync", "csim", "identity")
+ARCFACE_SIZE = 112  # ArcFace input side
 
 
 @dataclass
 class ValMetricsConfig:
     """``stage.metrics``: which metrics validation computes and where their weights are."""
 
-    names: list[str] = field(default_factory=list)  # any of fid, fvd, sync; empty = none (tiny runs)
+    names: list[str] = field(default_factory=list)  # any of fid, fvd, sync, csim, identity; empty = none
+    identity_frames: int = 4  # design choice: frames per clip scored by csim / identity (dlib ~0.1 s per face)
+    identity_face_fraction: float = 0.667  # rest-prep margin 0.25: the face box is 1 / 1.5 of the crop side
     weights: MetricWeightsConfig = field(default_factory=MetricWeightsConfig)
     allow_random_weights: bool = False  # tests/demo only: every number is logged as *_uncalibrated
     synthtalk: bool = True  # SynthTalk lip-sync / identity; only clips of a synthetic corpus are scored
@@ -54,6 +85,11 @@ class ValMetricsConfig:
         unknown = [n for n in self.names if n not in METRIC_NAMES]
         if unknown:
             raise ValueError(f"stage.metrics.names has {unknown}; allowed: {', '.join(METRIC_NAMES)}")
+        if self.identity_frames < 1 or not 0 < self.identity_face_fraction <= 1:
+            raise ValueError(
+                "stage.metrics.identity_frames must be >= 1 and identity_face_fraction in (0, 1], got "
+                f"{self.identity_frames}, {self.identity_face_fraction}"
+            )
         if isinstance(self.weights, dict):
             self.weights = MetricWeightsConfig(**self.weights)
 
@@ -168,6 +204,16 @@ class ValMetrics:
             self.metrics["fvd"] = FVD(w.i3d, allow_random_weights=rand)
         if "sync" in config.names:
             self.metrics["sync"] = LipSync(w.syncnet, allow_random_weights=rand)
+        if "csim" in config.names:
+            self.metrics["csim"] = CSIM(w.arcface, allow_random_weights=rand)
+        if "identity" in config.names:
+            if faces.available():
+                identity = DlibIdentityConfig(config.identity_face_fraction, config.identity_frames)
+                self.metrics["identity"] = DlibIdentity(identity)
+            else:
+                log.info("stage.metrics.names has identity but the faces extra is missing: not logged (%s)",
+                         faces.INSTALL_HINT)
+        self.identity_frames, self.face_fraction = config.identity_frames, config.identity_face_fraction
         self.synthtalk = SynthTalkValidation(media) if config.synthtalk else None
 
     def __bool__(self) -> bool:
@@ -196,9 +242,34 @@ class ValMetrics:
         for metric in self.metrics.values():
             metric.to(device)
 
+    def aligned_faces(self, images: Tensor) -> Tensor:
+        """Face crops ``(N, 3, H, W)`` in [-1, 1] -> ArcFace inputs ``(N, 3, 112, 112)``: 5 points from dlib's
+        68 in the nominal box when the faces extra is installed, else the template on the crop."""
+        n, _, h, w = images.shape
+        box = nominal_face_box(h, w, self.face_fraction)
+        if faces.available():
+            pixels = to_uint8_rgb(images)
+            points = torch.from_numpy(np.stack([faces.landmarks5(p, box) for p in pixels])).to(torch.float64)
+        else:
+            template = arcface_template(ARCFACE_SIZE) / ARCFACE_SIZE  # (5, 2) in [0, 1]
+            origin = torch.tensor([box[0], box[1]], dtype=torch.float64)
+            points = (origin + template * torch.tensor([box[2] - box[0], box[3] - box[1]]))[None].expand(n, 5, 2)
+        return align_faces(images.float(), points, ARCFACE_SIZE)
+
+    def _update_identity(self, fake: Tensor, reference: Tensor) -> None:
+        if "identity" in self.metrics:
+            self.metrics["identity"].update(fake.float().cpu(), reference.float().cpu())
+        if "csim" in self.metrics:
+            b, _, t, h, w = fake.shape
+            keep = frame_indices(t, self.identity_frames)
+            frames = fake[:, :, keep].transpose(1, 2).reshape(b * len(keep), 3, h, w).float()  # (B*K, 3, H, W)
+            faces_k = self.aligned_faces(frames).reshape(b, len(keep), 3, ARCFACE_SIZE, ARCFACE_SIZE)
+            self.metrics["csim"].update(faces_k.transpose(1, 2), self.aligned_faces(reference.float()))
+
     @torch.no_grad()
-    def update(self, fake: Tensor, real: Tensor, audio: Tensor | None = None) -> None:
-        """fake, real: videos ``(B, 3, T, H, W)`` in [-1, 1]; audio ``(B, S)`` 16 kHz for Sync-C/D."""
+    def update(self, fake: Tensor, real: Tensor, audio: Tensor | None = None, ref: Tensor | None = None) -> None:
+        """fake, real: videos ``(B, 3, T, H, W)`` in [-1, 1]; audio ``(B, S)`` 16 kHz for Sync-C/D; ref: the
+        reference images ``(B, 3, H, W)`` for csim / identity (default: the real clips' first frames)."""
         if not self.metrics or fake.shape[0] == 0:
             return
         self._to(fake.device)
@@ -211,6 +282,7 @@ class ValMetrics:
             self.metrics["fvd"].update(fake, real=False)
         if "sync" in self.metrics and audio is not None:
             self.metrics["sync"].update(fake, audio)
+        self._update_identity(fake, real[:, :, 0] if ref is None else ref.to(fake.device))
 
     def compute_and_reset(self, device: torch.device | None = None) -> dict[str, float]:
         """``{"val/<key>": value}`` for every metric that saw data (collective: call on every rank);
