@@ -226,7 +226,8 @@ class TeacherStage(RestStage):
             sample = self.sample(model, cond, generator)
             real = batch.video.to(sample.device) if batch.video is not None else self.frozen_vae.decode(cond.latents)
             fake = self.frozen_vae.decode(sample)
-            self.val_metrics.update(fake[keep], real[keep].float().clamp(-1, 1), cond.waveform[keep])
+            self.val_metrics.update(fake[keep], real[keep].float().clamp(-1, 1), cond.waveform[keep],
+                                    ref=batch.ref[keep])  # identity / csim against the reference it was given
             sampled[:] = True
         elif batch_idx == 0 and clips > 0:
             fake = self.frozen_vae.decode(self.sample(model, cond.select(slice(0, clips)), generator))
