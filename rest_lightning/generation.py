@@ -97,12 +97,22 @@ def build_models(cfg: DictConfig) -> StreamingModels:
     return _models_from_groups(cfg, state)
 
 
+def module_prefixes(cfg: DictConfig):
+    """``cfg.weights``' prefixes per module; a null key takes the stages' own (``stored_models.MODULE_PREFIXES``)."""
+    from rest_lightning.stored_models import MODULE_PREFIXES
+    from rest_lightning.streaming.weights import ModulePrefixes
+
+    given = cfg.get("weights") or {}
+    return ModulePrefixes(**{name: tuple(given[name]) if given.get(name) is not None else default
+                             for name, default in MODULE_PREFIXES.items()})
+
+
 def _load_vae_weights(cfg: DictConfig, vae: torch.nn.Module, ckpt_state: dict | None, vae_state: dict | None) -> bool:
     """VAE weights from ``vae_ckpt=`` (it must hold them), else from a complete set inside ``ckpt=``; False
     when neither gives any (the VAE stays freshly initialised)."""
     from rest_lightning.streaming.weights import find_prefix, load_module
 
-    prefixes = tuple(cfg.weights.vae)
+    prefixes = module_prefixes(cfg).vae
     if vae_state is not None:
         prefix = find_prefix(vae_state, prefixes, vae)
         if prefix is None:
@@ -158,7 +168,7 @@ def _models_from_groups(cfg: DictConfig, state: dict[str, torch.Tensor] | None) 
     from rest_lightning.models.audio import AudioEncoder
     from rest_lightning.models.dit import DiT
     from rest_lightning.models.vae import CausalVideoVAE
-    from rest_lightning.streaming.weights import ModulePrefixes, WeightsError, find_prefix, load_module
+    from rest_lightning.streaming.weights import WeightsError, find_prefix, load_module
 
     try:
         # A fresh initialisation is seeded (stream.seed): the same command gives the same video.
@@ -169,9 +179,7 @@ def _models_from_groups(cfg: DictConfig, state: dict[str, torch.Tensor] | None) 
             audio = AudioEncoder(instantiate(cfg.model.audio, _convert_="object"))
     except (ValueError, TypeError) as err:
         raise ConfigError(f"model config: {err}") from None
-    prefixes = ModulePrefixes(
-        dit=tuple(cfg.weights.dit), audio=tuple(cfg.weights.audio), vae=tuple(cfg.weights.vae)
-    )
+    prefixes = module_prefixes(cfg)
     random_parts = []
     try:
         if state is not None:

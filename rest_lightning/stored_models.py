@@ -34,6 +34,13 @@ log = logging.getLogger(__name__)
 # Key prefixes of a module inside a stage checkpoint, best first: the EMA copy, then the trained weights.
 DENOISER_PREFIXES = ("ema.module.", "model.")  # teacher / student: {dit,audio_encoder}.*
 VAE_PREFIXES = ("ema.module.", "vae.")  # VAE stage
+# Where rest-generate / rest-bench / rest-serve look for each streaming module in a checkpoint without a stored
+# config (the ``weights.*`` keys, null = these): the stage prefixes above, then a bare denoiser state dict.
+MODULE_PREFIXES = {
+    "dit": tuple(p + "dit." for p in DENOISER_PREFIXES) + ("dit.",),
+    "audio": tuple(p + "audio_encoder." for p in DENOISER_PREFIXES) + ("audio_encoder.",),
+    "vae": VAE_PREFIXES,
+}
 DIFFUSION_STAGES = ("teacher", "student")
 # A teacher checkpoint stores no cache: window 1 is the shortest window that keeps a context chunk
 # (design choice); the switches default on as in CacheConfig.
@@ -177,6 +184,7 @@ def stream_config(stored: StoredDenoiser, **overrides: Any) -> StreamConfig:
 
 __all__ = [
     "DENOISER_PREFIXES",
+    "MODULE_PREFIXES",
     "StoredDenoiser",
     "StoredModelError",
     "TEACHER_STREAM_DEFAULTS",

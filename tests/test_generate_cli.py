@@ -193,16 +193,24 @@ def test_bench_reports_the_design_keys(tmp_path) -> None:
 
 
 def test_default_prefixes_match_the_teacher_stage_layout(tiny_shards):
-    """The weights.* prefixes rest-generate tries are the ones the diffusion stages really save."""
+    """The prefixes rest-generate tries by default (weights.* null: stored_models.MODULE_PREFIXES) are the ones
+    the diffusion stages really save, then a bare denoiser state dict; an explicit weights.* list replaces them."""
     from rest_lightning.config import compose
+    from rest_lightning.generation import module_prefixes
     from rest_lightning.training import instantiate_node
 
     cfg = compose("train", ["experiment=tiny_teacher", f"data.cfg.root={tiny_shards}", "stage.vae_checkpoint=null"])
-    keys = list(instantiate_node(cfg.stage, "stage").state_dict())
-    prefixes = compose("generate", sizes.with_size_overrides(["ref=x", "audio=y"])).weights
+    stage = instantiate_node(cfg.stage, "stage")
+    keys, bare = list(stage.state_dict()), list(stage.model.state_dict())
+    generate = compose("generate", sizes.with_size_overrides(["ref=x", "audio=y"]))
+    prefixes = module_prefixes(generate)
     for module in ("dit", "audio"):
-        for prefix in prefixes[module]:
+        *stage_prefixes, bare_prefix = getattr(prefixes, module)
+        for prefix in stage_prefixes:
             assert any(k.startswith(prefix) for k in keys), f"no teacher key starts with {prefix!r} ({module})"
+        assert any(k.startswith(bare_prefix) for k in bare), f"no denoiser key starts with {bare_prefix!r}"
+    custom = compose("generate", sizes.with_size_overrides(["ref=x", "audio=y", "weights.dit=[student.dit.]"]))
+    assert module_prefixes(custom).dit == ("student.dit.",) and module_prefixes(custom).vae == prefixes.vae
 
 
 def _stored_student(tmp_path: Path, resolution: int, **cache) -> Path:

@@ -2,7 +2,8 @@
 
 A stage checkpoint keeps its modules under prefixes: the VAE stage holds ``vae.*`` and its EMA copy
 ``ema.module.*``; a teacher / student stage holds ``dit.*``, ``audio.*`` and EMA copies. Which prefixes
-to try, in order, is data (``ModulePrefixes``, the ``weights.*`` keys of ``conf/generate.yaml``), so a
+to try, in order, is data (``ModulePrefixes``: ``stored_models.MODULE_PREFIXES``, or the ``weights.*`` keys of
+``conf/generate.yaml``), so a
 stage that names things differently needs a config line, not code. A module loads strictly: every
 parameter present with its shape, no key under its prefix left over; otherwise the error lists them.
 
@@ -27,16 +28,17 @@ class WeightsError(ValueError):
 @dataclass(frozen=True)
 class ModulePrefixes:
     """Key prefixes tried in order for each streaming module; the first one present in a checkpoint wins
-    (put the EMA copy first to generate with EMA weights).
+    (put the EMA copy first to generate with EMA weights). The stages' own are
+    ``stored_models.MODULE_PREFIXES``, spelled there once; the ``weights.*`` keys override them.
 
     Fields:
         dit, audio: in a teacher / student checkpoint.
         vae: in a VAE stage checkpoint (or a teacher / student checkpoint that carries the VAE).
     """
 
-    dit: tuple[str, ...] = ("ema.module.dit.", "dit.")  # design choice: EMA first (its weights generate better)
-    audio: tuple[str, ...] = ("ema.module.audio.", "audio.")  # design choice: as dit
-    vae: tuple[str, ...] = ("ema.module.", "vae.")  # the VAE stage (stages/vae.py): EMA copy, then the model
+    dit: tuple[str, ...]
+    audio: tuple[str, ...]
+    vae: tuple[str, ...]
 
 
 def find_prefix(
