@@ -377,15 +377,21 @@ def remap_keys(state: Mapping[str, torch.Tensor], key_map: Mapping[str, str]) ->
     return out
 
 
+INIT_FROM_HINT = "Use init_from_key_map to rename prefixes, or init_from_strict=false to allow missing/unused keys."
+
+
 def load_weights_into(
     module: torch.nn.Module,
     state: Mapping[str, torch.Tensor],
     *,
     strict: bool,
     source: str,
+    hint: str = INIT_FROM_HINT,
 ) -> tuple[list[str], list[str]]:
     """Copy ``state`` into ``module``; shape mismatches always fail, missing/unexpected keys fail when
-    ``strict``. Returns ``(missing, unexpected)``. The error lists the keys (first 20 of each).
+    ``strict``. Returns ``(missing, unexpected)``. The error lists the keys (first 20 of each), then ``hint``.
+    The one strict loader of the project: stage checkpoints, ``init_from``, frozen VAE / teacher, the streaming
+    models (``streaming.weights.load_module``) and the metric networks (``metrics.weights``) all load here.
     BatchNorm ``num_batches_tracked`` keys absent from a legacy file are not missing, exactly where
     torch's own strict load fills them in (``rest_lightning.state_dict_compat``)."""
     own = module.state_dict()
@@ -404,10 +410,7 @@ def load_weights_into(
     if strict and unexpected:
         problems.append(_listing("unused from the file", unexpected))
     if problems:
-        raise CheckpointMismatchError(
-            f"cannot load {source}:\n" + "\n".join(problems)
-            + "\nUse init_from_key_map to rename prefixes, or init_from_strict=false to allow missing/unused keys."
-        )
+        raise CheckpointMismatchError(f"cannot load {source}:\n" + "\n".join(problems) + "\n" + hint)
     plain = OrderedDict(state)
     if hasattr(state, "_metadata"):
         plain._metadata = state._metadata  # type: ignore[attr-defined]  # torch reads layer versions from it

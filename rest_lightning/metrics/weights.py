@@ -26,14 +26,12 @@ import torch
 from torch import Tensor, nn
 
 from rest_lightning.metrics.nets.base import freeze
-from rest_lightning.state_dict_compat import legacy_missing_keys
 
 logger = logging.getLogger(__name__)
 
 # Design choice: random-weight networks are built under this fixed seed (in a forked RNG, so the
 # caller's random stream is untouched), so every rank and every run gets the same uncalibrated network.
 RANDOM_WEIGHTS_SEED = 0
-_MAX_KEYS_LISTED = 10  # how many offending keys an error message lists before "..."
 _HASH_CHUNK_BYTES = 1 << 20  # read weight files in 1 MiB chunks when hashing them
 
 
@@ -166,39 +164,14 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     return state if isinstance(state, dict) else dict(state)
 
 
-def _listed(keys: list[str]) -> str:
-    head = ", ".join(keys[:_MAX_KEYS_LISTED])
-    return head + (f", ... ({len(keys)} in all)" if len(keys) > _MAX_KEYS_LISTED else "")
-
-
 def load_state_dict_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
-    """Load ``state`` into ``module``, failing with every missing, unexpected or mis-shaped key listed.
+    """Load ``state`` into ``module`` strictly: ``checkpoint.load_weights_into``, the project's one strict
+    loader (every missing, unexpected or mis-shaped key listed; ``num_batches_tracked`` absent from a
+    pre-0.4.1 file accepted exactly where torch's own strict load accepts it)."""
+    from rest_lightning.checkpoint import load_weights_into
 
-    Missing keys that torch's own strict load fills in (``num_batches_tracked`` of a pre-0.4.1 file,
-    :func:`~rest_lightning.state_dict_compat.legacy_missing_keys`) are accepted, and only those.
-    """
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state) - legacy_missing_keys(module, state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
-        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in set(expected) & set(state)
-        if state[k].shape != expected[k].shape
-    )
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listed(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listed(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatches (file vs network): {_listed(mismatched)}")
-    if problems:
-        raise ValueError(
-            f"{source} does not match the {type(module).__name__} layout; "
-            + "; ".join(problems)
-            + ". Check that the file is the one named in the error's weights key."
-        )
-    module.load_state_dict(state, strict=True)
+    load_weights_into(module, state, strict=True, source=source,
+                      hint="Check that the file is the one named in the error's weights key.")
 
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)

@@ -18,11 +18,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-LISTED_KEYS = 8  # keys shown in an error message before "..."
-
-
-class WeightsError(ValueError):
-    """A checkpoint whose keys do not fit the module (the message lists what is missing or left over)."""
+from rest_lightning.checkpoint import CheckpointMismatchError as WeightsError  # noqa: F401  (the one loader's error)
 
 
 @dataclass(frozen=True)
@@ -60,24 +56,10 @@ def find_prefix(
 
 
 def load_module(module: nn.Module, state: Mapping[str, Tensor], prefix: str, source: str) -> None:
-    """Load ``state``'s keys under ``prefix`` into ``module`` strictly (keys and shapes)."""
+    """Load ``state``'s keys under ``prefix`` into ``module`` strictly (keys and shapes), through
+    ``checkpoint.load_weights_into``: one loader, one error format (``WeightsError`` is its error)."""
+    from rest_lightning.checkpoint import load_weights_into
+
     sub = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(sub))
-    unexpected = sorted(set(sub) - set(expected))
-    mismatched = sorted(
-        f"{key} {tuple(sub[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in set(sub) & set(expected)
-        if sub[key].shape != expected[key].shape
-    )
-    if missing or unexpected or mismatched:
-        parts = []
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-            if keys:
-                shown = ", ".join(keys[:LISTED_KEYS]) + (", ..." if len(keys) > LISTED_KEYS else "")
-                parts.append(f"{len(keys)} {title} ({shown})")
-        raise WeightsError(
-            f"{source}: the weights under {prefix!r} do not fit {type(module).__name__}: {'; '.join(parts)}. "
-            "Is the model config (model/dit, model/vae, model/audio or size=) the one it was trained with?"
-        )
-    module.load_state_dict(sub, strict=True)
+    load_weights_into(module, sub, strict=True, source=f"{source} (the weights under {prefix!r})",
+                      hint="Is the model config (model/dit, model/vae, model/audio or size=) the one it was trained with?")

@@ -63,10 +63,11 @@ def test_strict_loading_lists_missing_unexpected_and_mis_shaped_keys(tmp_path) -
     torch.save(state, path)
     with pytest.raises(ValueError) as error:
         load_network(SYNCNET_FILE, SyncNet, path, allow_random_weights=False, metric="Sync-C/D")
-    message = str(error.value)
-    assert "missing keys: netfcaud.0.weight" in message
-    assert "unexpected keys: extra.weight" in message
-    assert "netfclip.3.bias (7,) vs (1024,)" in message
+    message = str(error.value)  # the project's one loader and error format (checkpoint.load_weights_into)
+    assert "missing in the file (1): netfcaud.0.weight" in message
+    assert "unused from the file (1): extra.weight" in message
+    assert "netfclip.3.bias: file (7,) vs model (1024,)" in message
+    assert str(path) in message and "weights key" in message
 
 
 def test_a_pickled_module_is_refused_by_weights_only_loading(tmp_path) -> None:
