@@ -13,17 +13,15 @@
    ``results.json``, ``table.md``, ``table.tex``, ``drift.csv`` (+ ``drift.png`` with matplotlib) and a
    W&B table when ``wandb.enabled``.
 
-``render_tables(cfg)`` (``mode=table``) merges several ``results.json`` (e.g. HDTF and MEAD runs) into
+``eval/report.py: render_tables(cfg)`` (``mode=table``) merges several ``results.json`` (e.g. HDTF and MEAD runs) into
 one ``table.md`` / ``table.tex``.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +47,8 @@ from eval.manifest import (
 )
 from eval.networks import MetricSuite, build_suite
 from eval.protocol import EvalProtocol, load_protocol
+from eval.report import RESULTS_SCHEMA, write_drift, write_tables
+from eval.report import atomic_write as _atomic_write
 from eval.scoring import (
     ScoringInput,
     VideoRecord,
@@ -59,11 +59,10 @@ from eval.scoring import (
     score_video,
     scoring_input,
 )
-from eval.tables import load_reported, load_spec, render_latex, render_markdown, table_rows
+from eval.tables import load_reported
 
 log = logging.getLogger(__name__)
 
-RESULTS_SCHEMA = "rest-eval-results/1"
 WAIT_POLL_S = 5.0  # how often rank 0 looks for the other ranks' score files
 CSIM_TEMPLATE_NOTE = (
     "CSIM landmarks: the ArcFace template positions are placed on the (already aligned) face crops (protocol "
@@ -81,13 +80,6 @@ class System:
     kind: str  # "checkpoint" | "videos"
     source: Path
     videos: Path  # where its <item id>.mp4 files are (generated into, for a checkpoint)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def pick_device(name: str) -> torch.device:
@@ -303,71 +295,12 @@ def build_results(
     }
 
 
-def write_drift(results: dict[str, Any], out: Path) -> Path | None:
-    """``drift.csv`` (system, chunk, csim, psnr, lpips) and, if matplotlib is installed, ``drift.png``."""
-    rows = [{"system": name, **point} for name, curve in results["drift"].items() for point in curve]
-    columns = ["system", "chunk", "csim", "psnr", "lpips"]
-    tmp = out / f".drift.csv.partial-{os.getpid()}"
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out / "drift.csv")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.info("matplotlib is not installed: drift.csv written, no drift.png")
-        return None
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    for name, curve in results["drift"].items():
-        axis.plot([p["chunk"] for p in curve], [p["csim"] for p in curve], label=name)
-    axis.set_xlabel("chunk")
-    axis.set_ylabel("CSIM to reference" + (" (uncalibrated)" if results["uncalibrated"] else ""))
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(out / "drift.png", dpi=120)
-    plt.close(figure)
-    return out / "drift.png"
-
-
-def log_wandb(cfg: DictConfig, results: list[dict[str, Any]], specs, out: Path) -> None:
-    import wandb
-
-    name = cfg.wandb.name or f"eval-{results[0]['protocol']['name']}"
-    run = wandb.init(
-        project=cfg.wandb.project, entity=cfg.wandb.entity, mode=cfg.wandb.mode, dir=str(out), name=name,
-        job_type="eval", config={"protocols": [r["protocol"] for r in results]},
-    )
-    for spec in specs:
-        headers, rows = table_rows(results, spec)
-        if rows:
-            run.log({f"test/{spec.name}": wandb.Table(columns=headers, data=rows)})
-    for result in results:
-        for row in result["rows"]:
-            for metric in row["metrics"].values():
-                if metric.get("value") is not None and not metric.get("reported"):
-                    run.summary[f"test/{row['dataset']}/{row['system']}/{metric['key']}"] = metric["value"]
-    run.finish()
-
-
-def write_tables(cfg: DictConfig, results: list[dict[str, Any]], out: Path) -> str:
-    specs = [load_spec(name) for name in cfg.tables]
-    markdown = render_markdown(results, specs)
-    _atomic_write(out / "table.md", markdown)
-    _atomic_write(out / "table.tex", render_latex(results, specs))
-    if cfg.wandb.enabled:
-        log_wandb(cfg, results, specs, out)
-    return markdown
-
-
 # --- entry points ----------------------------------------------------------------------------------------
 
 
 def run_eval(cfg: DictConfig) -> Path | None:
-    """``mode=run`` (module doc). Returns ``results.json`` on rank 0, None on the other ranks."""
+    """``mode=run`` (module doc). Returns ``results.json`` on rank 0 (beside it ``table.md``, ``table.tex``,
+    ``drift.csv``: ``eval/report.py``), None on the other ranks. Prints nothing: the CLI reports."""
     out = Path(cfg.out).expanduser()
     protocol = load_protocol(cfg.protocol)
     rank, world = rank_and_world(cfg.rank, cfg.world_size)
@@ -392,26 +325,5 @@ def run_eval(cfg: DictConfig) -> Path | None:
     results = build_results(cfg, protocol, testset, items, suite, systems, records, generation)
     _atomic_write(out / "results.json", json.dumps(results, indent=1) + "\n")
     write_drift(results, out)
-    markdown = write_tables(cfg, [results], out)
-    print(markdown)
-    print(f"rest-eval: wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'table.tex'}, {out / 'drift.csv'}")
+    write_tables(cfg, [results], out)
     return out / "results.json"
-
-
-def render_tables(cfg: DictConfig) -> Path:
-    """``mode=table``: merge ``results=[a.json, b.json]`` into ``<out>/table.md`` and ``table.tex``."""
-    if not cfg.results:
-        raise ValueError("mode=table needs results=[path/to/results.json,...]")
-    results = []
-    for path in cfg.results:
-        file = Path(path).expanduser()
-        if not file.is_file():
-            raise ManifestError(f"results file {file} does not exist")
-        payload = json.loads(file.read_text())
-        if payload.get("schema") != RESULTS_SCHEMA:
-            raise ValueError(f"{file} is not a rest-eval results file (schema {RESULTS_SCHEMA})")
-        results.append(payload)
-    out = Path(cfg.out).expanduser()
-    markdown = write_tables(cfg, results, out)
-    print(markdown)
-    return out / "table.md"

@@ -94,7 +94,8 @@ def eval_schema() -> type:
 def run(cfg: DictConfig) -> Any:
     from eval.manifest import ManifestError
     from eval.protocol import ProtocolError
-    from eval.runner import render_tables, run_eval
+    from eval.report import render_tables
+    from eval.runner import run_eval
     from eval.synthtalk import PROTOCOL as SYNTHTALK
     from eval.synthtalk import pool_runs
     from eval.synthtalk import run as run_synthtalk
@@ -113,7 +114,13 @@ def run(cfg: DictConfig) -> Any:
             table = pool_runs({Path(p).name: Path(p) for p in cfg.results}, Path(cfg.out))
             print(table.read_text())
             return table
-        return run_eval(cfg) if cfg.mode == "run" else render_tables(cfg)
+        path = run_eval(cfg) if cfg.mode == "run" else render_tables(cfg)
+        if path is not None:  # rank 0: the tables it wrote
+            out = Path(cfg.out).expanduser()
+            print((out / "table.md").read_text())
+            if cfg.mode == "run":
+                print(f"rest-eval: wrote {path}, {out / 'table.md'}, {out / 'table.tex'}, {out / 'drift.csv'}")
+        return path
     except (ManifestError, ProtocolError, StoredModelError, FileNotFoundError, ValueError, TimeoutError) as err:
         raise ConfigError(str(err)) from None
 
