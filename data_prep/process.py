@@ -34,6 +34,7 @@ from data_prep.media import MediaError, iter_video, probe_and_decode_audio
 from rest_lightning.data.codecs import H264Config, encode_mp4, encode_png, encode_wav
 from rest_lightning.data.schema import (
     AUDIO_KEY,
+    LANDMARKS_KEY,
     META_KEY,
     REF_KEY,
     VIDEO_KEY,
@@ -45,11 +46,6 @@ from rest_lightning.data.synthtalk import clip_truth_fields
 
 log = logging.getLogger(__name__)
 
-#: Per-frame 68-point landmarks of a clip, ``(frames, 68, 2)`` float16 ``[x, y]`` in the crop's pixels
-#: (``prep.size`` side; iBUG 300-W order, rest_lightning.faces), as ``.npy``: 33 x 68 x 2 x 2 bytes + a
-#: 128-byte header = 9,104 bytes a 33-frame clip. float16 keeps 1/4 px up to 512 (1/2 px to 1024).
-#: Written by prep.detector=hog|cnn with prep.landmarks=true.
-LANDMARKS_KEY = "landmarks.npy"
 
 
 @dataclass(frozen=True)

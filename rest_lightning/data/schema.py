@@ -30,10 +30,15 @@ META_KEY = "json"
 AUDIO_FEATURES_KEY = "audio.npy"
 LATENT_KEY = "latent.npy"
 ODE_KEY = "ode.npy"
+#: Per-frame 68-point landmarks of a clip, ``(frames, 68, 2)`` float16 ``[x, y]`` in the crop's pixels
+#: (``prep.size`` side; iBUG 300-W order, rest_lightning.faces), as ``.npy``: 33 x 68 x 2 x 2 bytes + a
+#: 128-byte header = 9,104 bytes a 33-frame clip. float16 keeps 1/4 px up to 512 (1/2 px to 1024).
+#: Written by prep.detector=hog|cnn with prep.landmarks=true.
+LANDMARKS_KEY = "landmarks.npy"
 
 #: Keys every sample must hold; the optional ones may be absent.
 REQUIRED_KEYS = (VIDEO_KEY, AUDIO_KEY, REF_KEY, META_KEY)
-OPTIONAL_KEYS = (AUDIO_FEATURES_KEY, LATENT_KEY, ODE_KEY)
+OPTIONAL_KEYS = (AUDIO_FEATURES_KEY, LATENT_KEY, ODE_KEY, LANDMARKS_KEY)
 
 #: Version of the sample format; bumped when a key or a JSON field changes meaning.
 #: 2: ClipRecord gained ``frame_boxes``, ``gt`` and ``identity`` (version-1 records still read, empty).
