@@ -70,6 +70,7 @@ class ExportCard:
     version: str | None  # rest_lightning version that trained it
     created: str  # UTC time of the export
     resolution: int | None = None  # side of the clips it trained on (rest-generate's default resolution)
+    sampler_timesteps: list[float] | None = None  # a student's few-step levels (stored_models.stream_config)
 
     def metadata(self) -> dict[str, Any]:
         """The ``"rest"`` entry written into the safetensors header (what init_from checks)."""

@@ -13,13 +13,14 @@ import torch
 from omegaconf import OmegaConf
 
 from rest_lightning import __version__
-from rest_lightning.checkpoint import META_KEY
+from rest_lightning.checkpoint import META_KEY, load_user_state
 from rest_lightning.conditioning import ClipConditions
 from rest_lightning.config import compose, conf_dir
 from rest_lightning.diffusion.asd import ode_regression_inputs, ode_trajectory
 from rest_lightning.diffusion.flow import x0_from_velocity
 from rest_lightning.diffusion.guidance import GuidanceScales
 from rest_lightning.distillation import StepChoices, rollout_seed
+from rest_lightning.export import export_checkpoint
 from rest_lightning.models.dit import DiT
 from rest_lightning.stages.student import StudentStage, student_from_teacher_state
 from rest_lightning.stored_models import StoredModelError, denoiser_from_state, stream_config
@@ -287,6 +288,9 @@ def test_tiny_student_distils_from_a_teacher_checkpoint_and_streams(tmp_path, ti
         stream_config(stored, timesteps=[1.0, 0.5])
     two_levels = denoiser_from_state(state, {**meta, "sampler_timesteps": [1.0, 0.5]}, "edited")
     assert stream_config(two_levels).timesteps == (1.0, 0.5)
+    exported = export_checkpoint(result.run_dir / "checkpoints" / "last.ckpt", tmp_path / "student.safetensors")
+    assert exported.sampler_timesteps == list(LEVELS)  # rest-ckpt export keeps them
+    assert denoiser_from_state(*load_user_state(tmp_path / "student.safetensors"), "export").timesteps == LEVELS
 
 
 def _ablation_overrides(experiment: str) -> list[str]:
