@@ -14,8 +14,8 @@ def test_missing_weights_refused_when_the_stage_is_built(tiny_shards):
     cfg = compose("train", ["experiment=tiny_teacher", f"data.cfg.root={tiny_shards}", "stage.metrics.names=[fid]"])
     with pytest.raises(ConfigError, match="fid_inception"):
         instantiate_node(cfg.stage, "stage")
-    with pytest.raises(ValueError, match="allowed: fid, fvd, sync"):
-        ValMetricsConfig(names=["csim"])
+    with pytest.raises(ValueError, match="allowed: fid, fvd, sync, csim, identity"):
+        ValMetricsConfig(names=["lpips"])
 
 
 def test_val_metrics_zero_for_identical_sets_and_labelled_uncalibrated():
