@@ -114,7 +114,8 @@ def assign_splits(groups: list[str], cfg: PrepConfig) -> dict[str, str]:
     }
 
 
-def _tasks(cfg: PrepConfig) -> list[VideoTask]:
+def plan_tasks(cfg: PrepConfig) -> list[VideoTask]:
+    """Every input of ``cfg`` with its video id, speaker and split, in the order a run processes them."""
     inputs = list_inputs(cfg)
     root = os.fsencode(cfg.input) if Path(cfg.input).is_dir() else os.fsencode(str(Path(cfg.input).parent))
     tasks = []
@@ -152,15 +153,19 @@ class _Progress:
             del self.pending[path]
 
 
-def run_prep(cfg: PrepConfig) -> PrepSummary:
-    """Prepare ``cfg.input`` into shards under ``cfg.output``; resumes an interrupted run."""
+def run_prep(cfg: PrepConfig, tasks: list[VideoTask] | None = None) -> PrepSummary:
+    """Prepare ``cfg.input`` into shards under ``cfg.output``; resumes an interrupted run.
+
+    ``tasks``: only these inputs (an array task's slice of :func:`plan_tasks`; their splits were assigned
+    over all inputs, so a speaker never spans two splits whichever task holds it).
+    """
     start = time.perf_counter()
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     journal = Journal(output)
     state = journal.load()
     recover(output, state)
-    tasks = _tasks(cfg)
+    tasks = plan_tasks(cfg) if tasks is None else tasks
     todo = [t for t in tasks if t.path not in state.videos]
     summary = PrepSummary(videos_total=len(tasks), videos_resumed=len(tasks) - len(todo))
     written = state.written_keys
@@ -248,7 +253,9 @@ def _atomic_write(path: Path, text: str) -> None:
 PARTIAL_TMP = ".tmp"
 
 
-def _write_outputs(output: Path, cfg: PrepConfig, state: PrepState, summary: PrepSummary) -> None:
+def _write_outputs(
+    output: Path, cfg: PrepConfig, state: PrepState, summary: PrepSummary, extra: dict | None = None
+) -> None:
     clip_seconds = cfg.clip_frames / cfg.fps
     splits = {}
     for split in SPLITS:
@@ -298,6 +305,7 @@ def _write_outputs(output: Path, cfg: PrepConfig, state: PrepState, summary: Pre
         "rejected_clips": summary.rejected_clips,
         "rejected_by_stage": summary.rejected_by_stage,
         "config": asdict(cfg),
+        **(extra or {}),
     }
     _atomic_write(output / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=True))
     lines = [

@@ -117,6 +117,7 @@ class ClusterConfig:
     mem: str = "0"
     extra_sbatch: list[str] = field(default_factory=list)
     setup: list[str] = field(default_factory=list)  # shell lines run in the sbatch script before srun
+    array: int = 1  # rest-prep only: N array tasks, each a slice of the inputs, then a merge job
 
 
 @dataclass

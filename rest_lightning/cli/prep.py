@@ -6,6 +6,7 @@ listed in ``<output>/rejected.jsonl`` and the run goes on."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ SUMMARY = ("Prepare talking-head videos into sharded WebDataset tar streams (mod
            "ode.vae=VAE_CKPT). Outputs: "
            "<output>/{train,val,test}/shard-*.tar, manifest.json, rejected.jsonl.")
 MODES = ("prep", "synth", "encode", "ode")
+STEPS = ("all", "task", "merge")
 
 
 def prep_schema() -> type:
@@ -32,6 +34,7 @@ def prep_schema() -> type:
     from data_prep.config import PrepConfig
     from data_prep.encode_latents import EncodeConfig
     from data_prep.ode_trajectories import OdeConfig
+    from rest_lightning.config import ClusterConfig
     from rest_lightning.data.synthetic import SynthConfig
 
     prep_fields = fields_schema("PrepFields", PrepConfig, exclude=("input", "output"))
@@ -44,12 +47,17 @@ def prep_schema() -> type:
         mode: str = "prep"
         input: str = ""
         output: str = ""
+        step: str = "all"  # all | task | merge (cluster.array > 1; the SLURM jobs pass task and merge)
+        task: Any = None  # step=task: which array task; default $SLURM_ARRAY_TASK_ID
+        cluster: ClusterConfig = field(default_factory=ClusterConfig)
+        overrides: list[str] = field(default_factory=list)  # recorded by compose(): what the SLURM jobs rerun
         prep: Any = field(default_factory=prep_fields)
         synth: Any = field(default_factory=synth_fields)
         encode: Any = field(default_factory=encode_fields)
         ode: Any = field(default_factory=ode_fields)
 
-    PrepRoot.__annotations__.update(prep=prep_fields, synth=synth_fields, encode=encode_fields, ode=ode_fields)
+    PrepRoot.__annotations__.update(prep=prep_fields, synth=synth_fields, encode=encode_fields, ode=ode_fields,
+                                    cluster=ClusterConfig)
     return PrepRoot
 
 
@@ -58,12 +66,16 @@ def run(cfg: DictConfig) -> Any:
     from data_prep.config import PrepConfig
     from data_prep.encode_latents import EncodeConfig, encode_shards
     from data_prep.ode_trajectories import OdeConfig, write_ode_shards
-    from data_prep.run import run_prep
     from rest_lightning.checkpoint import CheckpointMismatchError
     from rest_lightning.data.synthetic import SynthConfig, write_synthetic_corpus
 
     if cfg.mode not in MODES:
         raise ConfigError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}")
+    if cfg.step not in STEPS:
+        raise ConfigError(f"step={cfg.step!r} is not one of {', '.join(STEPS)}")
+    if cfg.mode != "prep" and (cfg.cluster.kind != "local" or cfg.cluster.array != 1 or cfg.step != "all"):
+        raise ConfigError(f"mode={cfg.mode} runs in this process: cluster=slurm, cluster.array and step are "
+                          "for mode=prep (wrap it in your own sbatch script to run it on a node)")
     try:
         if cfg.mode == "synth":
             synth = SynthConfig(output=cfg.output, **OmegaConf.to_container(cfg.synth))
@@ -88,13 +100,48 @@ def run(cfg: DictConfig) -> Any:
                   "stage.ode_init.from_shards=true)")
             return summary
         prep = PrepConfig(input=cfg.input, output=cfg.output, **OmegaConf.to_container(cfg.prep))
-        summary = run_prep(prep)  # raises ValueError for an input that is neither a folder nor a manifest
+        if cfg.cluster.kind == "slurm" and cfg.step == "all":
+            from rest_lightning.launch.slurm import submit_prep_array
+
+            if not cfg.input or not cfg.output:
+                raise ConfigError("cluster=slurm needs input=DIR and output=DIR")
+            return submit_prep_array(cfg)
+        summary = _run_steps(cfg, prep)  # raises ValueError for an input that is neither a folder nor a manifest
     except (ValueError, CheckpointMismatchError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
-    print(format_summary(summary, cfg.output))
+    if cfg.step == "task":  # printed; a slice whose every input was rejected is not an error
+        return summary
+    merged = cfg.cluster.array > 1
+    print(format_summary(summary, cfg.output).replace(
+        f"({summary.videos_resumed} done earlier, 0 now)", f"merged from {cfg.cluster.array} array tasks"
+    ) if merged else format_summary(summary, cfg.output))
     if not summary.ok:
         raise ConfigError(f"nothing was written to {cfg.output}; see {cfg.output}/rejected.jsonl for why")
     return summary
+
+
+def _run_steps(cfg: DictConfig, prep: Any) -> Any:
+    """One run (cluster.array=1), or array tasks and their merge: all of them here (step=all), one task
+    (step=task, as each SLURM array task runs), or the merge (step=merge)."""
+    from data_prep.array import merge_parts, run_task
+    from data_prep.run import run_prep
+
+    count = cfg.cluster.array
+    if count < 1:
+        raise ConfigError(f"cluster.array={count} must be >= 1")
+    if count == 1 and cfg.step == "all":
+        return run_prep(prep)
+    if cfg.step == "task":
+        index = cfg.task if cfg.task is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
+        if index is None:
+            raise ConfigError("step=task needs task=I (or $SLURM_ARRAY_TASK_ID, as inside a SLURM array job)")
+        summary = run_task(prep, int(index), count)
+        print(format_summary(summary, f"{cfg.output} (task {index} of {count})"))
+        return summary
+    if cfg.step == "all":
+        for index in range(count):
+            print(format_summary(run_task(prep, index, count), f"{cfg.output} (task {index} of {count})"))
+    return merge_parts(prep, count)
 
 
 def format_summary(summary: Any, output: str) -> str:

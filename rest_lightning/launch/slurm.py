@@ -32,6 +32,7 @@ directory's newest checkpoint is not PATH itself.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -153,6 +154,11 @@ def _check_cluster_config(cfg: DictConfig) -> None:
         raise ConfigError(f"cluster.gpus_per_node={cluster.gpus_per_node} must be >= 0 (0 = CPU nodes)")
     if cluster.cpus_per_task < 1:
         raise ConfigError(f"cluster.cpus_per_task={cluster.cpus_per_task} must be >= 1")
+    if cluster.array != 1:
+        raise ConfigError(
+            f"cluster.array={cluster.array} splits rest-prep's inputs over array tasks; a training job spreads "
+            "over cluster.nodes instead"
+        )
     if trainer.num_nodes not in (1, cluster.nodes):
         raise ConfigError(
             f"trainer.num_nodes={trainer.num_nodes} but cluster.nodes={cluster.nodes}: under cluster=slurm "
@@ -298,10 +304,10 @@ def _job_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "rest"
 
 
-def _sbatch(script: Path) -> str:
-    """Submit with ``sbatch --parsable``; returns the job id."""
+def _sbatch(script: Path, *options: str) -> str:
+    """Submit with ``sbatch --parsable [options]``; returns the job id."""
     try:
-        proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True,
+        proc = subprocess.run(["sbatch", "--parsable", *options, str(script)], capture_output=True, text=True,
                               timeout=SBATCH_TIMEOUT_S)
     except FileNotFoundError:
         raise ConfigError(
@@ -445,3 +451,96 @@ def launch(cfg: DictConfig) -> SlurmSubmission | None:
         check_allocation(cfg)
         return None
     return submit(cfg)
+
+
+# --- rest-prep as an array job plus a merge job ---------------------------------------------------------
+
+PREP_TASK_SCRIPT = "prep_tasks.sbatch"
+PREP_MERGE_SCRIPT = "prep_merge.sbatch"
+PREP_JOBS_FILE = "jobs.json"
+_PREP_LOCAL_KEYS = ("input", "output", "step", "task", "overrides")
+
+
+@dataclass(frozen=True)
+class PrepSubmission:
+    slurm_dir: Path
+    task_script: Path
+    merge_script: Path
+    array_job: str | None  # None: cluster.submit=false
+    merge_job: str | None
+
+
+def submit_prep_array(cfg: DictConfig) -> PrepSubmission:
+    """``rest-prep ... cluster=slurm cluster.array=N``: write ``<output>/slurm/prep_tasks.sbatch`` (an array of
+    N tasks, each ``rest-prep ... step=task`` on slice ``$SLURM_ARRAY_TASK_ID``) and ``prep_merge.sbatch``
+    (``step=merge``), submit the array, then the merge with ``--dependency=afterok`` on it and
+    ``--kill-on-invalid-dep=yes`` (a failed or cancelled task cancels the merge instead of leaving it
+    pending forever). Submitting the same command again reruns every task: finished ones find their
+    journal complete and exit at once, an interrupted one resumes.
+
+    Raises:
+        ConfigError: a cluster setting that cannot run, or ``sbatch`` refusing a job.
+    """
+    cluster = cfg.cluster
+    if cluster.array < 1:
+        raise ConfigError(f"cluster.array={cluster.array} must be >= 1")
+    if cluster.cpus_per_task < 1:
+        raise ConfigError(f"cluster.cpus_per_task={cluster.cpus_per_task} must be >= 1")
+    output = Path(cfg.output).resolve()
+    overrides = [o for o in cfg.overrides if _override_key(o) not in _PREP_LOCAL_KEYS]
+    overrides += [f"input={_hydra_quote(str(Path(cfg.input).resolve()))}", f"output={_hydra_quote(str(output))}"]
+    task_overrides, merge_overrides = [*overrides, "step=task"], [*overrides, "step=merge"]
+    compose("prep", task_overrides)  # the jobs compose exactly these: fail now, not in the queue
+    slurm_dir = output / "slurm"
+    slurm_dir.mkdir(parents=True, exist_ok=True)
+    task_script, merge_script = slurm_dir / PREP_TASK_SCRIPT, slurm_dir / PREP_MERGE_SCRIPT
+    task_script.write_text(_render_prep(cfg, task_overrides, slurm_dir, array=True))
+    merge_script.write_text(_render_prep(cfg, merge_overrides, slurm_dir, array=False))
+    if not cluster.submit:
+        log.info("cluster.submit=false: wrote %s and %s (not submitted; submit the tasks, then the merge with "
+                 "`sbatch --dependency=afterok:ARRAY_JOB_ID %s`)", task_script, merge_script, merge_script)
+        return PrepSubmission(slurm_dir, task_script, merge_script, None, None)
+    array_job = _sbatch(task_script)
+    merge_job = _sbatch(merge_script, f"--dependency=afterok:{array_job}", "--kill-on-invalid-dep=yes")
+    jobs = {"array": array_job, "merge": merge_job, "tasks": cluster.array}
+    (slurm_dir / PREP_JOBS_FILE).write_text(json.dumps(jobs) + "\n")
+    with open(slurm_dir / SUBMISSIONS_FILE, "a") as f:
+        f.write(f"{array_job} {task_script}\n{merge_job} {merge_script}\n")
+    log.info("submitted rest-prep: array job %s (%d tasks), merge job %s after it\n  follow:  tail -f %s/*.out\n"
+             "  status:  squeue -j %s,%s", array_job, cluster.array, merge_job, slurm_dir, array_job, merge_job)
+    return PrepSubmission(slurm_dir, task_script, merge_script, array_job, merge_job)
+
+
+def _render_prep(cfg: DictConfig, overrides: Sequence[str], slurm_dir: Path, array: bool) -> str:
+    cluster = cfg.cluster
+    sbatch = [
+        f"--job-name=rest-prep-{'tasks' if array else 'merge'}",
+        *([f"--partition={cluster.partition}"] if cluster.partition else []),
+        *([f"--account={cluster.account}"] if cluster.account else []),
+        f"--time={cluster.time}",
+        "--nodes=1",
+        "--ntasks=1",
+        f"--cpus-per-task={cluster.cpus_per_task if array else 1}",
+        f"--mem={cluster.mem}",
+        *([f"--array=0-{cluster.array - 1}"] if array else []),
+        "--requeue",  # a requeued task resumes from its journal
+        "--open-mode=append",
+        f"--chdir={Path.cwd()}",
+        f"--output={slurm_dir / ('%A_%a.out' if array else '%j.out')}",
+        f"--error={slurm_dir / ('%A_%a.err' if array else '%j.err')}",
+        *cluster.extra_sbatch,
+    ]
+    what = "one slice of the inputs per array task" if array else "the merge, after every task succeeded"
+    srun = " ".join(["srun", "--kill-on-bad-exit=1", "rest-prep", *(shlex.quote(o) for o in overrides)])
+    lines = [
+        "#!/bin/bash",
+        f"# Rendered by rest-prep (cluster=slurm cluster.array={cluster.array}): {what}.",
+        *(f"#SBATCH {opt}" for opt in sbatch),
+        "set -eo pipefail",
+        'echo "=== batch start: job ${SLURM_JOB_ID} task ${SLURM_ARRAY_TASK_ID:-merge} '
+        'restart ${SLURM_RESTART_COUNT:-0} $(date -u +%FT%TZ)"',
+        *cluster.setup,
+        srun,
+        'echo "=== batch end: job ${SLURM_JOB_ID} $(date -u +%FT%TZ)"',
+    ]
+    return "\n".join(lines) + "\n"

@@ -67,6 +67,7 @@ def test_submit_false_renders_the_script_and_the_job_recomposes_the_same_config(
     (("cluster.gpus_per_node=8",), r"cluster.gpus_per_node=8 but trainer.accelerator=cpu"),
     (("cluster.gpus_per_node=0", "strategy=ddp_spawn"), r"strategy=ddp_spawn cannot run under SLURM"),
     (("cluster.gpus_per_node=0", "cluster.nodes=2", "trainer.num_nodes=3"), r"trainer.num_nodes=3 but cluster.nodes=2"),
+    (("cluster.gpus_per_node=0", "cluster.array=4"), r"cluster.array=4 splits rest-prep's inputs"),
 ])
 def test_cluster_and_trainer_numbers_that_disagree_are_refused(train_cfg, tmp_path, overrides, message):
     cfg = train_cfg("experiment=tiny_vae", "data.cfg.root=/shards", "cluster=slurm", "cluster.submit=false", *overrides)
@@ -101,3 +102,41 @@ def test_parse_tasks_per_node():
     assert slurm.parse_tasks_per_node("8") == (8,)
     with pytest.raises(ValueError, match="cannot parse"):
         slurm.parse_tasks_per_node("two")
+
+
+def test_prep_array_renders_tasks_and_a_merge_submitted_after_them(tmp_path, monkeypatch):
+    from rest_lightning.cli.prep import run as prep_run
+
+    calls = []
+
+    def fake_sbatch(script: Path, *options: str) -> str:
+        calls.append((script.name, options))
+        return str(100 + len(calls))
+
+    monkeypatch.setattr(slurm, "_sbatch", fake_sbatch)
+    monkeypatch.chdir(tmp_path)
+    user = ["input=videos", "output=shards", "cluster=slurm", "cluster.array=4", "cluster.cpus_per_task=3",
+            "cluster.time=02:00:00", "cluster.setup=['source .venv/bin/activate']", "prep.workers=3"]
+    sub = prep_run(compose("prep", user))
+    assert calls == [("prep_tasks.sbatch", ()),
+                     ("prep_merge.sbatch", ("--dependency=afterok:101", "--kill-on-invalid-dep=yes"))]
+    assert (sub.array_job, sub.merge_job) == ("101", "102") and sub.slurm_dir == tmp_path / "shards" / "slurm"
+    tasks, merge = sub.task_script.read_text(), sub.merge_script.read_text()
+    for line in ("#SBATCH --array=0-3", "#SBATCH --ntasks=1", "#SBATCH --cpus-per-task=3", "#SBATCH --time=02:00:00",
+                 "#SBATCH --requeue", f"#SBATCH --output={sub.slurm_dir}/%A_%a.out", "source .venv/bin/activate"):
+        assert line in tasks, line
+    assert "--array" not in merge and "#SBATCH --cpus-per-task=1" in merge
+
+    srun = [line for line in tasks.splitlines() if line.startswith("srun ")][0]
+    words = shlex.split(srun)
+    assert words[:3] == ["srun", "--kill-on-bad-exit=1", "rest-prep"]
+    assert f"input={tmp_path / 'videos'}" in words and f"output={tmp_path / 'shards'}" in words
+    job_cfg = compose("prep", words[3:])  # what each array task composes: the user's config, step=task
+    assert (job_cfg.step, job_cfg.cluster.array, job_cfg.prep.workers) == ("task", 4, 3)
+    merge_words = shlex.split([line for line in merge.splitlines() if line.startswith("srun ")][0])
+    assert merge_words[3:] == [*words[3:-1], "step=merge"]
+    assert (sub.slurm_dir / "jobs.json").read_text().strip() == '{"array": "101", "merge": "102", "tasks": 4}'
+
+    monkeypatch.setattr(slurm, "_sbatch", _refuse_sbatch)
+    written = prep_run(compose("prep", [*user, "output=other", "cluster.submit=false"]))
+    assert written.array_job is None and written.task_script.exists() and written.merge_script.exists()
