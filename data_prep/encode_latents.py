@@ -6,20 +6,21 @@ gains ``latent.npy``: the VAE's *normalised* latent of the clip, ``(C, 1 + k, H/
 exactly what ``CausalVideoVAE.encode`` returns and what the diffusion stages train on.
 
 Shards are written as ``.partial`` and renamed when closed, and the manifest (the list readers trust) is
-written last, so an interrupted run leaves no output a reader would accept; run it again from scratch.
+written last, so an interrupted run leaves no output a reader would accept; ``cluster.array=N`` spreads
+the shards over array tasks (``data_prep/augment.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data_prep.augment import augment_shards, check_roots, write_manifest
+from data_prep.augment import augment_shards, check_roots, claim_output, finish_manifest, write_manifest
 from rest_lightning.data.codecs import decode_mp4
 from rest_lightning.data.schema import LATENT_KEY
 
@@ -70,17 +71,30 @@ def load_frozen_vae(path: str | Path, device: torch.device):
     return frozen
 
 
-def encode_shards(input_root: str | Path, output_root: str | Path, cfg: EncodeConfig) -> EncodeSummary:
-    """Copy every split of ``input_root`` (a rest-prep output) to ``output_root`` with latents added."""
+def encode_shards(
+    input_root: str | Path, output_root: str | Path, cfg: EncodeConfig, step: str = "all",
+    task: tuple[int, int] | None = None,
+) -> EncodeSummary:
+    """Copy every split of ``input_root`` (a rest-prep output) to ``output_root`` with latents added.
+
+    ``step="task"`` with ``task=(i, n)``: only array task i's slice of the shards (no manifest; its summary
+    counts the clips it wrote); ``step="merge"``: only the manifest, once every shard exists.
+    """
     start = time.perf_counter()
     input_root, output_root = Path(input_root), Path(output_root)
     manifest = check_roots(input_root, output_root)
-    device = torch.device(cfg.device)
-    frozen = load_frozen_vae(cfg.vae, device)
-    counts, latent_shape, manifest = augment_shards(
-        input_root, output_root, manifest, LATENT_KEY, lambda batch: _encode(frozen, batch, device),
-        cfg.batch_size, cfg.progress, "rest-prep encode",
-    )
+    settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
+    claim_output(output_root, input_root, LATENT_KEY, settings, fresh=step == "all")
+    if step != "merge":
+        device = torch.device(cfg.device)
+        frozen = load_frozen_vae(cfg.vae, device)
+        written = augment_shards(
+            input_root, output_root, manifest, LATENT_KEY, lambda batch: _encode(frozen, batch, device),
+            cfg.batch_size, cfg.progress, "rest-prep encode", task=task if step == "task" else None,
+        )
+        if step == "task":
+            return EncodeSummary(written, {}, (), time.perf_counter() - start)
+    counts, latent_shape, manifest = finish_manifest(output_root, manifest, LATENT_KEY)
     manifest["latent"] = {"shape": list(latent_shape), "vae": str(cfg.vae), "dtype": "float32", "normalised": True}
     write_manifest(output_root, manifest)
     return EncodeSummary(sum(counts.values()), counts, latent_shape, time.perf_counter() - start)

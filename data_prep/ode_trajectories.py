@@ -32,13 +32,13 @@ import hashlib
 import io
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data_prep.augment import augment_shards, check_roots, write_manifest
+from data_prep.augment import augment_shards, check_roots, claim_output, finish_manifest, write_manifest
 from rest_lightning.data.schema import LATENT_KEY, ODE_KEY
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,13 @@ def load_frozen_teacher(path: str | Path, cfg: OdeConfig):
     return FrozenTeacher.load(DiTConfig(**config["dit"]), AudioConfig(**config["audio"]), path, frozen)
 
 
-def write_ode_shards(input_root: str | Path, output_root: str | Path, cfg: OdeConfig) -> OdeSummary:
+def write_ode_shards(
+    input_root: str | Path, output_root: str | Path, cfg: OdeConfig, step: str = "all",
+    task: tuple[int, int] | None = None,
+) -> OdeSummary:
     """Copy every split of ``input_root`` (a ``rest-prep mode=encode`` output) to ``output_root`` with each
-    sample's teacher trajectory added as ``ode.npy`` (module doc)."""
+    sample's teacher trajectory added as ``ode.npy`` (module doc). ``step``/``task``: as
+    :func:`data_prep.encode_latents.encode_shards` (array tasks, then the merge)."""
     from data_prep.encode_latents import load_frozen_vae
 
     start = time.perf_counter()
@@ -125,17 +129,24 @@ def write_ode_shards(input_root: str | Path, output_root: str | Path, cfg: OdeCo
     if "latent" not in manifest:
         raise ValueError(f"{input_root} holds no latents (no 'latent' entry in its manifest): encode it first with "
                          "`rest-prep mode=encode input=SHARDS output=DIR encode.vae=VAE_CKPT`")
-    device = torch.device(cfg.device)
-    vae = load_frozen_vae(cfg.vae, device)
-    teacher = load_frozen_teacher(cfg.teacher, cfg)
-    if teacher.model.dit.config.latent_channels != vae.latent_channels:
-        raise ValueError(f"ode.teacher has {teacher.model.dit.config.latent_channels} latent channels, ode.vae "
-                         f"{vae.latent_channels}: they belong to different models")
-    with teacher.on_device(device):
-        counts, ode_shape, manifest = augment_shards(
-            input_root, output_root, manifest, ODE_KEY, lambda batch: _trajectories(teacher, vae, batch, cfg, device),
-            cfg.batch_size, cfg.progress, "rest-prep ode",
-        )
+    settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
+    claim_output(output_root, input_root, ODE_KEY, settings, fresh=step == "all")
+    if step != "merge":
+        device = torch.device(cfg.device)
+        vae = load_frozen_vae(cfg.vae, device)
+        teacher = load_frozen_teacher(cfg.teacher, cfg)
+        if teacher.model.dit.config.latent_channels != vae.latent_channels:
+            raise ValueError(f"ode.teacher has {teacher.model.dit.config.latent_channels} latent channels, ode.vae "
+                             f"{vae.latent_channels}: they belong to different models")
+        with teacher.on_device(device):
+            written = augment_shards(
+                input_root, output_root, manifest, ODE_KEY,
+                lambda batch: _trajectories(teacher, vae, batch, cfg, device), cfg.batch_size, cfg.progress,
+                "rest-prep ode", task=task if step == "task" else None,
+            )
+        if step == "task":
+            return OdeSummary(written, {}, (), time.perf_counter() - start)
+    counts, ode_shape, manifest = finish_manifest(output_root, manifest, ODE_KEY)
 
     manifest["ode"] = {
         "timesteps": [float(t) for t in cfg.timesteps],

@@ -73,10 +73,18 @@ def run(cfg: DictConfig) -> Any:
         raise ConfigError(f"mode={cfg.mode!r} is not one of {', '.join(MODES)}")
     if cfg.step not in STEPS:
         raise ConfigError(f"step={cfg.step!r} is not one of {', '.join(STEPS)}")
-    if cfg.mode != "prep" and (cfg.cluster.kind != "local" or cfg.cluster.array != 1 or cfg.step != "all"):
-        raise ConfigError(f"mode={cfg.mode} runs in this process: cluster=slurm, cluster.array and step are "
-                          "for mode=prep (wrap it in your own sbatch script to run it on a node)")
+    if cfg.mode == "synth" and (cfg.cluster.kind != "local" or cfg.cluster.array != 1 or cfg.step != "all"):
+        raise ConfigError("mode=synth runs in this process: cluster=slurm, cluster.array and step are for "
+                          "mode=prep, encode and ode")
+    if cfg.cluster.array < 1:
+        raise ConfigError(f"cluster.array={cfg.cluster.array} must be >= 1")
     try:
+        if cfg.mode != "synth" and cfg.cluster.kind == "slurm" and cfg.step == "all":
+            from rest_lightning.launch.slurm import submit_prep_array
+
+            if not cfg.input or not cfg.output:
+                raise ConfigError("cluster=slurm needs input=DIR and output=DIR")
+            return submit_prep_array(cfg)
         if cfg.mode == "synth":
             synth = SynthConfig(output=cfg.output, **OmegaConf.to_container(cfg.synth))
             paths = write_synthetic_corpus(synth)
@@ -85,7 +93,9 @@ def run(cfg: DictConfig) -> Any:
         if cfg.mode == "encode":
             if not cfg.input or not cfg.output:
                 raise ConfigError("mode=encode needs input=SHARDS (a rest-prep output) and output=DIR")
-            summary = encode_shards(cfg.input, cfg.output, EncodeConfig(**OmegaConf.to_container(cfg.encode)))
+            summary = _augment_steps(cfg, encode_shards, EncodeConfig(**OmegaConf.to_container(cfg.encode)))
+            if cfg.step == "task":
+                return summary
             print(f"rest-prep: encoded {summary.clips} clips ({', '.join(f'{k} {v}' for k, v in summary.splits.items())}) "
                   f"to latents {summary.latent_shape} in {summary.elapsed_s:.1f} s -> {cfg.output} "
                   "(train on them with data.cfg.mode=latent)")
@@ -93,19 +103,15 @@ def run(cfg: DictConfig) -> Any:
         if cfg.mode == "ode":
             if not cfg.input or not cfg.output:
                 raise ConfigError("mode=ode needs input=LATENT_SHARDS (a rest-prep mode=encode output) and output=DIR")
-            summary = write_ode_shards(cfg.input, cfg.output, OdeConfig(**OmegaConf.to_container(cfg.ode)))
+            summary = _augment_steps(cfg, write_ode_shards, OdeConfig(**OmegaConf.to_container(cfg.ode)))
+            if cfg.step == "task":
+                return summary
             print(f"rest-prep: wrote the teacher's ODE trajectories {summary.ode_shape} of {summary.clips} clips "
                   f"({', '.join(f'{k} {v}' for k, v in summary.splits.items())}) in {summary.elapsed_s:.1f} s -> "
                   f"{cfg.output} (train on them with experiment=student_ode_init data.cfg.mode=latent "
                   "stage.ode_init.from_shards=true)")
             return summary
         prep = PrepConfig(input=cfg.input, output=cfg.output, **OmegaConf.to_container(cfg.prep))
-        if cfg.cluster.kind == "slurm" and cfg.step == "all":
-            from rest_lightning.launch.slurm import submit_prep_array
-
-            if not cfg.input or not cfg.output:
-                raise ConfigError("cluster=slurm needs input=DIR and output=DIR")
-            return submit_prep_array(cfg)
         summary = _run_steps(cfg, prep)  # raises ValueError for an input that is neither a folder nor a manifest
     except (ValueError, CheckpointMismatchError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
@@ -127,21 +133,44 @@ def _run_steps(cfg: DictConfig, prep: Any) -> Any:
     from data_prep.run import run_prep
 
     count = cfg.cluster.array
-    if count < 1:
-        raise ConfigError(f"cluster.array={count} must be >= 1")
     if count == 1 and cfg.step == "all":
         return run_prep(prep)
     if cfg.step == "task":
-        index = cfg.task if cfg.task is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
-        if index is None:
-            raise ConfigError("step=task needs task=I (or $SLURM_ARRAY_TASK_ID, as inside a SLURM array job)")
-        summary = run_task(prep, int(index), count)
+        index = _task_index(cfg)
+        summary = run_task(prep, index, count)
         print(format_summary(summary, f"{cfg.output} (task {index} of {count})"))
         return summary
     if cfg.step == "all":
         for index in range(count):
             print(format_summary(run_task(prep, index, count), f"{cfg.output} (task {index} of {count})"))
     return merge_parts(prep, count)
+
+
+def _task_index(cfg: DictConfig) -> int:
+    index = cfg.task if cfg.task is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
+    if index is None:
+        raise ConfigError("step=task needs task=I (or $SLURM_ARRAY_TASK_ID, as inside a SLURM array job)")
+    return int(index)
+
+
+def _augment_steps(cfg: DictConfig, write: Any, settings: Any) -> Any:
+    """mode=encode / mode=ode: one process, or array tasks over the shards and then the manifest."""
+    from data_prep.array import slice_bounds
+
+    count = cfg.cluster.array
+    if count == 1 and cfg.step == "all":
+        return write(cfg.input, cfg.output, settings)
+    if cfg.step == "task":
+        index = _task_index(cfg)
+        slice_bounds(0, index, count)  # an index outside the array: one line, before any model loads
+        summary = write(cfg.input, cfg.output, settings, step="task", task=(index, count))
+        print(f"rest-prep: {cfg.mode} task {index} of {count} wrote {summary.clips} clips in "
+              f"{summary.elapsed_s:.1f} s -> {cfg.output}")
+        return summary
+    if cfg.step == "all":
+        for index in range(count):
+            write(cfg.input, cfg.output, settings, step="task", task=(index, count))
+    return write(cfg.input, cfg.output, settings, step="merge")
 
 
 def format_summary(summary: Any, output: str) -> str:

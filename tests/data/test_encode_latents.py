@@ -63,3 +63,40 @@ def test_encode_refuses_a_checkpoint_of_another_stage(tmp_path, tiny_shards, vae
     with pytest.raises(ConfigError, match="output must differ from input"):
         run_prep_cli(compose("prep", ["mode=encode", f"input={tiny_shards}", f"output={tiny_shards}",
                                       f"encode.vae={path}"]))
+
+
+def _members(root) -> list[tuple]:
+    from data_prep.augment import shard_entries
+    from rest_lightning.data.shard_index import CorpusIndex
+
+    manifest = json.loads((root / "manifest.json").read_text())
+    splits = dict.fromkeys(split for split, _, _ in shard_entries(manifest))
+    out = []
+    for split in splits:
+        index = CorpusIndex.from_manifest(root, split)
+        out += [tuple(sorted(index.read(i).items())) for i in range(index.total)]
+    return out
+
+
+def test_encode_as_array_tasks_equals_one_process_and_resumes(tmp_path, tiny_shards, vae_ckpt, capsys):
+    path, _ = vae_ckpt
+    base = ["mode=encode", f"input={tiny_shards}", f"encode.vae={path}", "encode.progress=false", "encode.batch_size=2"]
+    one = run_prep_cli(compose("prep", [*base, f"output={tmp_path / 'one'}"]))
+    out = tmp_path / "array"
+    n_shards = sum(len(v["shards"]) for v in json.loads((tiny_shards / "manifest.json").read_text())["splits"].values())
+    assert n_shards >= 2, "the test needs a shard for each of two tasks"
+    run_prep_cli(compose("prep", [*base, f"output={out}", "cluster.array=2", "step=task", "task=1"]))
+    assert "encode task 1 of 2 wrote" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"output shards are missing .*rerun the same command"):
+        run_prep_cli(compose("prep", [*base, f"output={out}", "cluster.array=2", "step=merge"]))
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(ConfigError, match=r"other settings \(batch_size differ\)"):  # no mixed shards
+        run_prep_cli(compose("prep", [*base, f"output={out}", "cluster.array=2", "step=task", "task=0",
+                                      "encode.batch_size=3"]))
+    kept = {p: p.stat().st_mtime_ns for p in out.rglob("*.tar")}
+    merged = run_prep_cli(compose("prep", [*base, f"output={out}", "cluster.array=2"]))  # all tasks, then merge
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items()), "task 1's finished shards were kept"
+    assert (merged.clips, merged.splits, merged.latent_shape) == (one.clips, one.splits, one.latent_shape)
+    assert _members(out) == _members(tmp_path / "one")  # byte for byte, latents included
+    a, b = (json.loads((root / "manifest.json").read_text()) for root in (out, tmp_path / "one"))
+    assert a == b
