@@ -111,6 +111,9 @@ class ClusterConfig:
     partition: str | None = None
     account: str | None = None
     time: str = "24:00:00"
+    # --signal=SIGUSR1@signal_lead_s: the margin before the time limit for Lightning's checkpoint and requeue
+    # (design choice, DESIGN §7: a paper-scale save takes ~1 min). SLURM may send it up to 60 s earlier.
+    signal_lead_s: int = 90
     nodes: int = 1
     gpus_per_node: int = 0
     cpus_per_task: int = 8

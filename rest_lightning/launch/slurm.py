@@ -6,16 +6,17 @@ One command, two places (DESIGN §7)::
 
 - **Outside a job** (no ``SLURM_JOB_ID``): :func:`submit` fixes the run directory once, writes
   ``<run_dir>/slurm/train.sbatch`` (``--nodes=N``, ``--ntasks-per-node`` = devices per node,
-  ``--signal=SIGUSR1@90``, ``--requeue``, output files in ``<run_dir>/slurm/``) whose ``srun`` line is the
-  same ``rest-train`` with the same overrides plus ``run_dir=<that folder>``, ``trainer.num_nodes``,
-  ``trainer.devices`` (and ``strategy=ddp`` where it was ``auto``), then runs ``sbatch --parsable`` and
-  records the job id. ``cluster.submit=false`` writes and logs the script without submitting it.
+  ``--signal=SIGUSR1@LEAD`` with LEAD = ``cluster.signal_lead_s`` (90), ``--requeue``, output files in
+  ``<run_dir>/slurm/``) whose ``srun`` line is the same ``rest-train`` with the same overrides plus
+  ``run_dir=<that folder>``, ``trainer.num_nodes``, ``trainer.devices`` (and ``strategy=ddp`` where it was
+  ``auto``), then runs ``sbatch --parsable`` and records the job id. ``cluster.submit=false`` writes and
+  logs the script without submitting it.
 - **Inside the job** (``SLURM_JOB_ID`` set): :func:`check_allocation` compares the config's
   ``trainer.num_nodes``/``trainer.devices`` with what SLURM allocated and refuses a mismatch with a
   message, before any process group could wait forever for a rank that does not exist; training then
-  goes on and Lightning's ``SLURMEnvironment`` sets the ranks. On ``SIGUSR1`` (90 s before the time
-  limit, or ``scancel --signal=USR1 JOBID``) Lightning writes ``checkpoints/hpc_ckpt_N.ckpt`` and runs
-  ``scontrol requeue``; the requeued job starts the same ``srun`` line with ``resume=auto``, which picks
+  goes on and Lightning's ``SLURMEnvironment`` sets the ranks. On ``SIGUSR1`` (LEAD to LEAD + 60 s before
+  the time limit, or ``scancel --signal=USR1 JOBID``) Lightning writes ``checkpoints/hpc_ckpt_N.ckpt`` and
+  runs ``scontrol requeue``; the requeued job starts the same ``srun`` line with ``resume=auto``, which picks
   the newest checkpoint by step (:func:`rest_lightning.checkpoint.find_resume_checkpoint`).
 
 **Resume across requeues.** The submitted ``resume=`` applies to the job's first start; every requeue
@@ -52,9 +53,13 @@ from rest_lightning.train_config import validate_train_config
 log = logging.getLogger(__name__)
 
 JOB_ID_ENV = "SLURM_JOB_ID"
-# Lightning's SIGUSR1 handler writes hpc_ckpt_N.ckpt and requeues; 90 s is the margin DESIGN §7 names
-# for that save before SLURM's time limit kills the job (design choice: a paper-scale save takes ~1 min).
-REQUEUE_SIGNAL = "SIGUSR1@90"
+# Lightning's handler of this signal writes hpc_ckpt_N.ckpt and requeues; SLURM sends it cluster.signal_lead_s
+# (DESIGN §7: 90 s) before the time limit, as --signal=SIGUSR1@LEAD.
+REQUEUE_SIGNAL = "SIGUSR1"
+# slurmctld tests time limits every 30 s and sends the signal when the lead will have been reached by the next
+# test, so it arrives between LEAD and LEAD + 60 s before the limit (sbatch(1), --signal).
+SIGNAL_EARLY_S = 60
+MAX_SIGNAL_LEAD_S = 0xFFFF  # sbatch stores the lead in 16 bits
 SCRIPT_NAME = "train.sbatch"
 JOB_ID_FILE = "job_id.txt"
 SUBMISSIONS_FILE = "submissions.txt"
@@ -159,6 +164,15 @@ def _check_cluster_config(cfg: DictConfig) -> None:
             f"cluster.array={cluster.array} splits rest-prep's inputs over array tasks; a training job spreads "
             "over cluster.nodes instead"
         )
+    limit_s = time_limit_s(cluster.time)
+    if not 1 <= cluster.signal_lead_s <= MAX_SIGNAL_LEAD_S:
+        raise ConfigError(f"cluster.signal_lead_s={cluster.signal_lead_s} must be between 1 and {MAX_SIGNAL_LEAD_S}")
+    if limit_s is not None and cluster.signal_lead_s >= limit_s:
+        raise ConfigError(
+            f"cluster.signal_lead_s={cluster.signal_lead_s} is not shorter than cluster.time={cluster.time} "
+            f"({limit_s} s): the requeue signal would come before training starts; lower cluster.signal_lead_s "
+            "or raise cluster.time"
+        )
     if trainer.num_nodes not in (1, cluster.nodes):
         raise ConfigError(
             f"trainer.num_nodes={trainer.num_nodes} but cluster.nodes={cluster.nodes}: under cluster=slurm "
@@ -192,6 +206,28 @@ def _check_cluster_config(cfg: DictConfig) -> None:
             "strategy=ddp_spawn cannot run under SLURM: srun already starts one process per device and "
             "Lightning must not spawn more. Use strategy=ddp (or fsdp, deepspeed_*)"
         )
+
+
+def time_limit_s(text: str) -> int | None:
+    """``--time`` in seconds, from any of sbatch's forms (``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``,
+    ``D-H:M:S``); None for no limit (``0``, ``UNLIMITED``, ``INFINITE``). SLURM keeps whole minutes, rounding
+    seconds up."""
+    text = str(text).strip()
+    if text.upper() in ("UNLIMITED", "INFINITE", "-1"):
+        return None
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+    if match is None:
+        raise ConfigError(f"cluster.time={text!r} is not a SLURM time limit: use HH:MM:SS, MM, or D-HH:MM:SS")
+    days, *parts = match.groups()
+    values = [int(p) for p in parts if p is not None]
+    if days is not None:  # D-H, D-H:M, D-H:M:S
+        hours, minutes, seconds = (values + [0, 0])[:3]
+    elif len(values) == 3:  # H:M:S
+        hours, minutes, seconds = values
+    else:  # M or M:S
+        hours, (minutes, seconds) = 0, (values + [0])[:2]
+    total = ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+    return -(-total // 60) * 60 if total else None  # 0: no limit (sbatch --time)
 
 
 def _check_requeue_resume(cfg: DictConfig, run_dir: RunDir) -> None:
@@ -255,7 +291,7 @@ def render_sbatch(cfg: DictConfig, run_dir: RunDir, srun_overrides: Sequence[str
         *([f"--gpus-per-node={cluster.gpus_per_node}"] if cluster.gpus_per_node > 0 else []),
         f"--cpus-per-task={cluster.cpus_per_task}",
         f"--mem={cluster.mem}",
-        f"--signal={REQUEUE_SIGNAL}",
+        f"--signal={REQUEUE_SIGNAL}@{cluster.signal_lead_s}",
         "--requeue",
         "--open-mode=append",
         f"--chdir={cwd}",

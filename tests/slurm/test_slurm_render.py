@@ -97,6 +97,43 @@ def test_inside_a_job_an_allocation_mismatch_is_an_error_at_start(train_cfg, tmp
     assert not (tmp_path / "run").exists(), "refused before the run directory is written"
 
 
+def test_signal_lead_renders_into_the_requeue_signal(train_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(slurm, "_sbatch", _refuse_sbatch)
+    common = ("experiment=tiny_vae", "data.cfg.root=/shards", "cluster=slurm", "cluster.submit=false",
+              "cluster.gpus_per_node=0")
+    scripts = {}
+    for name, extra in (("default", ()), ("short", ("cluster.time=00:02:00", "cluster.signal_lead_s=20"))):
+        train(train_cfg(*common, *extra, run_dir=tmp_path / name))
+        text = (tmp_path / name / "slurm" / "train.sbatch").read_text()
+        scripts[name] = [line for line in text.splitlines() if line.startswith(("#SBATCH --signal", "#SBATCH --time"))]
+    assert scripts["default"] == ["#SBATCH --time=24:00:00", "#SBATCH --signal=SIGUSR1@90"]
+    assert scripts["short"] == ["#SBATCH --time=00:02:00", "#SBATCH --signal=SIGUSR1@20"]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (("cluster.time=00:02:00", "cluster.signal_lead_s=120"),
+     r"cluster.signal_lead_s=120 is not shorter than cluster.time=00:02:00 \(120 s\)"),
+    (("cluster.time=1:30", "cluster.signal_lead_s=150"), r"not shorter than cluster.time=1:30 \(120 s\)"),
+    (("cluster.signal_lead_s=0",), r"cluster.signal_lead_s=0 must be between 1 and 65535"),
+    (("cluster.signal_lead_s=70000",), r"cluster.signal_lead_s=70000 must be between 1 and 65535"),
+    (("cluster.time=2h",), r"cluster.time='2h' is not a SLURM time limit"),
+])
+def test_a_signal_lead_the_time_limit_cannot_hold_is_refused(train_cfg, tmp_path, overrides, message):
+    cfg = train_cfg("experiment=tiny_vae", "data.cfg.root=/shards", "cluster=slurm", "cluster.submit=false",
+                    "cluster.gpus_per_node=0", *overrides)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("24:00:00", 86400), ("00:02:00", 120), ("2", 120), ("1:30", 120), ("00:00:30", 60), ("1-0", 86400),
+    ("1-2:03", 93780), ("1-2:3:4", 93840), ("UNLIMITED", None), ("0", None),
+])
+def test_time_limit_in_seconds_reads_every_sbatch_form(text, seconds):
+    assert slurm.time_limit_s(text) == seconds
+
+
 def test_parse_tasks_per_node():
     assert slurm.parse_tasks_per_node("2(x3),1") == (2, 2, 2, 1)
     assert slurm.parse_tasks_per_node("8") == (8,)
