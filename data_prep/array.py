@@ -90,11 +90,14 @@ def merge_parts(cfg: PrepConfig, count: int) -> PrepSummary:
     tasks = plan_tasks(cfg)
     unfinished: dict[int, int] = {}
     parts: list[tuple[Path, PrepState]] = []
-    owner: dict[str, int] = {}
     for index in range(count):
         lo, hi = slice_bounds(len(tasks), index, count)
         part = part_dir(output, index)
-        state = Journal(part).load() if part.is_dir() else PrepState()
+        if part.is_dir():
+            with _task_lock(part, index):  # a task still running is refused, not read mid-write
+                state = Journal(part).load()
+        else:
+            state = PrepState()
         expected = {t.path for t in tasks[lo:hi]}
         for path in state.videos:
             if path not in expected:
@@ -102,7 +105,6 @@ def merge_parts(cfg: PrepConfig, count: int) -> PrepSummary:
                     f"{path} was prepared by task {index}, whose slice does not hold it "
                     f"(the input or cluster.array changed since): start with an empty output"
                 )
-            owner[path] = index
         missing = expected - state.videos.keys()
         if missing or not (part / MANIFEST_FILE).exists():
             unfinished[index] = len(missing)

@@ -136,3 +136,19 @@ def test_cli_runs_the_array_here_and_refuses_what_cannot_run(prepared, tmp_path,
     # a one-machine output is not merged into
     assert prep_main([*base, f"output={one_cfg.output}", "cluster.array=2", "step=merge"]) == 2
     assert "holds a one-machine rest-prep run" in capsys.readouterr().err
+
+
+def test_a_running_task_is_neither_started_twice_nor_merged(prepared, tmp_path):
+    import fcntl
+
+    one_cfg, _ = prepared
+    cfg = replace(one_cfg, output=str(tmp_path / "out"))
+    for i in range(2):
+        run_task(cfg, i, 2)
+    with open(part_dir(cfg.output, 1) / ".lock", "w") as held:  # as task 1's process holds it while it runs
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match="array task 1 is running already"):
+            run_task(cfg, 1, 2)
+        with pytest.raises(ValueError, match="array task 1 is running already"):
+            merge_parts(cfg, 2)
+    assert merge_parts(cfg, 2).clips_total > 0
