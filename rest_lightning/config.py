@@ -111,7 +111,8 @@ class ClusterConfig:
     partition: str | None = None
     account: str | None = None
     time: str = "24:00:00"
-    # --signal=SIGUSR1@signal_lead_s: the margin before the time limit for Lightning's checkpoint and requeue
+    # --signal=SIGUSR1@signal_lead_s: the margin before the time limit for one training step, the checkpoint
+    # and the requeue (launch/requeue.py)
     # (design choice, DESIGN §7: a paper-scale save takes ~1 min). SLURM may send it up to 60 s earlier.
     signal_lead_s: int = 90
     nodes: int = 1

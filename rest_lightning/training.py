@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,21 +211,31 @@ def train(cfg: DictConfig) -> TrainResult:
 def _fit(cfg: DictConfig, run_dir: RunDir, is_rank_zero: bool, datamodule: Any, stage: Any,
          ckpt_path: Path | None) -> TrainResult:
     import lightning as L
+    from lightning.fabric.plugins.environments import SLURMEnvironment
 
     from rest_lightning.callbacks import RunCheckpoint
     from rest_lightning.checkpoint import AtomicCheckpointIO, is_zero_checkpoint
+    from rest_lightning.launch.requeue import RequeueOnSignal
+    from rest_lightning.launch.slurm import REQUEUE_SIGNAL
     from rest_lightning.launch.strategies import build_strategy
 
     # Passed as-is: every TrainerConfig default is Lightning's own, and None is meaningful for some keys
     # (check_val_every_n_epoch=None makes val_check_interval count global steps).
     trainer_kwargs = OmegaConf.to_container(cfg.trainer)
+    plugins: list[Any] = [AtomicCheckpointIO()] if cfg.strategy.name != "deepspeed" else []
+    callbacks = build_callbacks(cfg, run_dir)
+    if SLURMEnvironment.detect():
+        # Lightning would save inside the requeue signal's handler and can hang a multi-node job there
+        # (launch/requeue.py); RequeueOnSignal saves at a step boundary every rank shares instead.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+        callbacks.append(RequeueOnSignal(getattr(signal, REQUEUE_SIGNAL)))
     trainer = L.Trainer(
         **trainer_kwargs,
         strategy=build_strategy(cfg.strategy, type(stage).has_unused_parameters, cfg.trainer.accelerator),
-        plugins=[AtomicCheckpointIO()] if cfg.strategy.name != "deepspeed" else None,
+        plugins=plugins or None,
         default_root_dir=str(run_dir.checkpoints),
         logger=build_logger(cfg, run_dir),
-        callbacks=build_callbacks(cfg, run_dir),
+        callbacks=callbacks,
         enable_progress_bar=_interactive(),
         enable_model_summary=is_rank_zero,
     )

@@ -1,0 +1,88 @@
+"""The requeue signal is handled at a step boundary (launch/requeue.py), not inside the signal handler."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.demos.boring_classes import BoringModel
+
+from rest_lightning.launch.requeue import RequeueOnSignal, requeue_job_id
+
+SIGNAL_AT = 2  # the batch whose training_step receives the signal
+
+
+class SignalledModel(BoringModel):
+    """Sends itself SIGUSR1 in the middle of one training step, before its loss exists."""
+
+    def training_step(self, batch, batch_idx):
+        if batch_idx == SIGNAL_AT:
+            os.kill(os.getpid(), signal.SIGUSR1)  # the handler has run when os.kill returns
+        return super().training_step(batch, batch_idx)
+
+
+def fake_scontrol(folder: Path, exit_code: int) -> Path:
+    calls = folder / "scontrol_calls.txt"
+    script = folder / "scontrol"
+    script.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\nexit {exit_code}\n")
+    script.chmod(0o755)
+    return calls
+
+
+@pytest.mark.parametrize("exit_code", [0, 1])
+def test_signal_mid_step_checkpoints_after_that_step_then_requeues(tmp_path, monkeypatch, exit_code, caplog):
+    calls = fake_scontrol(tmp_path, exit_code)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    previous = signal.getsignal(signal.SIGUSR1)
+    callback = RequeueOnSignal()
+    trainer = L.Trainer(default_root_dir=tmp_path / "ckpt", max_steps=5, callbacks=[callback], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", devices=1)
+    with caplog.at_level("INFO", logger="rest_lightning.launch.requeue"):
+        trainer.fit(SignalledModel())
+
+    # Saved once, after the signalled step's optimizer step: a save inside the handler (Lightning's) would
+    # have recorded the step before it.
+    saved = sorted((tmp_path / "ckpt").glob("hpc_ckpt_*.ckpt"))
+    assert [p.name for p in saved] == ["hpc_ckpt_1.ckpt"]
+    assert torch.load(saved[0], weights_only=True)["global_step"] == SIGNAL_AT + 1
+    assert calls.read_text().split() == ["requeue", "4242"]
+    assert trainer.global_step == 5, "training goes on until SLURM stops the job"
+    assert ("requeued SLURM job 4242" if exit_code == 0 else "failed (exit 1") in caplog.text
+    assert signal.getsignal(signal.SIGUSR1) == previous, "the handler is removed after fit"
+
+
+def test_with_gradient_accumulation_the_checkpoint_waits_for_the_optimizer_step(tmp_path, monkeypatch):
+    fake_scontrol(tmp_path, 0)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    trainer = L.Trainer(default_root_dir=tmp_path / "ckpt", max_steps=4, accumulate_grad_batches=2, logger=False,
+                        callbacks=[RequeueOnSignal()], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(SignalledModel())
+    # The signal falls in micro-batch 2, the first of step 2; the save follows micro-batch 3, after that step.
+    saved = sorted((tmp_path / "ckpt").glob("hpc_ckpt_*.ckpt"))
+    assert len(saved) == 1 and torch.load(saved[0], weights_only=True)["global_step"] == 2
+
+
+def test_without_the_signal_nothing_is_saved_or_requeued(tmp_path, monkeypatch):
+    calls = fake_scontrol(tmp_path, 0)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    trainer = L.Trainer(default_root_dir=tmp_path / "ckpt", max_steps=4, callbacks=[RequeueOnSignal()], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", devices=1)
+    trainer.fit(BoringModel())
+    assert not list((tmp_path / "ckpt").glob("hpc_ckpt_*")) and not calls.exists()
+
+
+def test_requeue_job_id_names_an_array_task_and_refuses_anything_else():
+    assert requeue_job_id({"SLURM_JOB_ID": "17"}) == "17"
+    assert requeue_job_id({"SLURM_JOB_ID": "18", "SLURM_ARRAY_JOB_ID": "10", "SLURM_ARRAY_TASK_ID": "3"}) == "10_3"
+    with pytest.raises(ValueError, match="not a SLURM job id"):
+        requeue_job_id({"SLURM_JOB_ID": "17; rm -rf /"})
