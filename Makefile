@@ -11,7 +11,7 @@ export WANDB_MODE := offline
 export HF_HUB_OFFLINE := 1
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 
-.PHONY: install browser test demo lint clean
+.PHONY: install browser test test-slow demo lint clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ browser:
 
 test: install
 	$(PY) -m pytest
+
+# The checks marked slow (minutes each: the SynthTalk learning test, DeepSpeed on 2 SLURM nodes), by hand.
+test-slow: install
+	$(PY) -m pytest -m slow
 
 demo: install
 	$(VENV)/bin/rest-demo

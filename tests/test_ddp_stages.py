@@ -15,8 +15,6 @@ from test_strategies import rest_train
 
 from rest_lightning.callbacks import weights_digest
 
-pytestmark = pytest.mark.slow
-
 STAGES = {
     "tiny_vae": [],
     "tiny_teacher": [],

@@ -94,7 +94,6 @@ def monkeypatch_module(torch_home):
         yield mp
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("epoch_steps", [
     N // 2,  # the interruption falls on an epoch boundary
     N // 2 + 1,  # the interruption falls mid-epoch

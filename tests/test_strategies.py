@@ -125,7 +125,6 @@ def zero_runs(tiny_shards, tmp_path_factory):
     return runs
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("strategy", "zero_stage"), [("deepspeed_zero2", 2), ("deepspeed_zero3", 3)])
 def test_zero_checkpoint_info_export_and_init_from(zero_runs, strategy, zero_stage, tmp_path):
     ckpt = zero_runs[strategy] / "checkpoints" / "last.ckpt"
@@ -147,7 +146,6 @@ def test_zero_checkpoint_info_export_and_init_from(zero_runs, strategy, zero_sta
     assert all(torch.isfinite(v).all() for v in weights.values())
 
 
-@pytest.mark.slow
 def test_zero2_resume_auto_continues_the_run(zero_runs):
     run = zero_runs["deepspeed_zero2"]
     assert find_resume_checkpoint(run).name == "last.ckpt" and checkpoint_step(run / "checkpoints" / "last.ckpt") == 2

@@ -95,7 +95,6 @@ KEYS = (
 )
 
 
-@pytest.mark.slow
 def test_two_gloo_ranks_equal_one_process_on_the_union(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

@@ -71,7 +71,6 @@ WORKER = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
 def test_two_gloo_ranks_equal_single_process(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from data_prep.array import part_dir
-from data_prep.config import SPLITS, PrepConfig
+from data_prep.config import PrepConfig
 from data_prep.run import run_prep
 from data_prep.shards import STATE_FILE
-from rest_lightning.data.shard_index import CorpusIndex
+from tests.data.test_prep_array import samples
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = pytest.mark.slurm
 
 JOB_TIMEOUT_S = 180
 PREP = dict(size=32, latent_frames=2, shard_max_count=1, h264_crf=0, val_fraction=0.34, test_fraction=0.0,
@@ -36,14 +36,6 @@ from rest_lightning.cli.prep import main
 sys.exit(main(sys.argv[1:]))
 ' "$@"
 """
-
-
-def samples(root: Path) -> dict[str, list[tuple]]:
-    out = {}
-    for split in SPLITS:
-        index = CorpusIndex.from_manifest(root, split)
-        out[split] = [tuple(sorted(index.read(i).items())) for i in range(index.total)]
-    return out
 
 
 def journaled_videos(part: Path) -> int:

@@ -320,7 +320,6 @@ OVERFIT_STEPS = 120  # ~4 s on one idle core; the DiT author ran 300 (loss 2.28 
 OVERFIT_COPIES = 8
 
 
-@pytest.mark.slow
 def test_overfitting_one_clip_lowers_the_loss_and_sampling_reproduces_it():
     """The yardsticks are measured in the same run: the loss moves from step to step (random times and noise),
     so the drop from the first to the last 12 steps must exceed 5 standard errors of those windows' means;

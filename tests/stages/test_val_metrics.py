@@ -29,7 +29,6 @@ def test_val_metrics_zero_for_identical_sets_and_labelled_uncalibrated():
     assert metrics.compute_and_reset()["val/fvd_uncalibrated"] > 1e-3
 
 
-@pytest.mark.slow
 def test_teacher_validation_logs_fid_of_samples_and_saves_no_metric_network(tmp_path, tiny_shards):
     cfg = compose("train", [
         "experiment=tiny_teacher", f"data.cfg.root={tiny_shards}", f"run_dir={tmp_path}", "trainer.max_steps=1",

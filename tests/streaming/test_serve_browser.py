@@ -27,8 +27,6 @@ from rest_lightning.streaming.serve_config import CloseCode
 from rest_lightning.streaming.server import BackgroundServer
 from tests.streaming.test_serve import write_ref
 
-pytestmark = pytest.mark.slow
-
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (make browser)
 WAV_SECONDS = 10.0
 WAV_RATE = 48000  # the page resamples to 16 kHz, as it does a real microphone's 48 kHz
