@@ -44,6 +44,8 @@ def requeue_job_id(env: Mapping[str, str] = os.environ) -> str:
 
 
 class RequeueOnSignal(Callback):
+    """Records ``signum``; at the next optimizer-step boundary all ranks save ``hpc_ckpt_N`` and rank 0 requeues."""
+
     def __init__(self, signum: int = signal.SIGUSR1) -> None:
         self.signum = signum
         self.received = False
