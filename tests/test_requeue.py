@@ -25,6 +25,16 @@ class SignalledModel(BoringModel):
         return super().training_step(batch, batch_idx)
 
 
+@pytest.fixture(autouse=True)
+def usr1_sentinel():
+    """A SIGUSR1 handler of the test's own while it runs: should the callback not take the signal over, the test
+    fails on the sentinel's count instead of SIGUSR1's default action ending the whole test session."""
+    received: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    yield received
+    signal.signal(signal.SIGUSR1, previous)
+
+
 def fake_scontrol(folder: Path, exit_code: int) -> Path:
     calls = folder / "scontrol_calls.txt"
     script = folder / "scontrol"
@@ -34,7 +44,8 @@ def fake_scontrol(folder: Path, exit_code: int) -> Path:
 
 
 @pytest.mark.parametrize("exit_code", [0, 1])
-def test_signal_mid_step_checkpoints_after_that_step_then_requeues(tmp_path, monkeypatch, exit_code, caplog):
+def test_signal_mid_step_checkpoints_after_that_step_then_requeues(tmp_path, monkeypatch, exit_code, caplog,
+                                                                   usr1_sentinel):
     calls = fake_scontrol(tmp_path, exit_code)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
@@ -56,6 +67,7 @@ def test_signal_mid_step_checkpoints_after_that_step_then_requeues(tmp_path, mon
     assert trainer.global_step == 5, "training goes on until SLURM stops the job"
     assert ("requeued SLURM job 4242" if exit_code == 0 else "failed (exit 1") in caplog.text
     assert signal.getsignal(signal.SIGUSR1) == previous, "the handler is removed after fit"
+    assert usr1_sentinel == [], "the signal reached the handler that was there before fit"
 
 
 def test_with_gradient_accumulation_the_checkpoint_waits_for_the_optimizer_step(tmp_path, monkeypatch):
