@@ -15,9 +15,9 @@ One command, two places (DESIGN §7)::
   ``trainer.num_nodes``/``trainer.devices`` with what SLURM allocated and refuses a mismatch with a
   message, before any process group could wait forever for a rank that does not exist; training then
   goes on and Lightning's ``SLURMEnvironment`` sets the ranks. On ``SIGUSR1`` (LEAD to LEAD + 60 s before
-  the time limit, or ``scancel --signal=USR1 JOBID``) every rank writes ``checkpoints/hpc_ckpt_N.ckpt`` at the
-  end of that training step and rank 0 runs ``scontrol requeue`` (``launch/requeue.py``); the requeued job starts the same ``srun`` line with ``resume=auto``, which picks
-  the newest checkpoint by step (:func:`rest_lightning.checkpoint.find_resume_checkpoint`).
+  the time limit, or ``scancel --signal=USR1 JOBID``) every rank writes ``checkpoints/hpc_ckpt_N.ckpt`` at
+  the end of that training step and rank 0 runs ``scontrol requeue`` (``launch/requeue.py``); the requeued
+  job starts the same ``srun`` line with ``resume=auto``, which picks the newest checkpoint by step (:func:`rest_lightning.checkpoint.find_resume_checkpoint`).
 
 **Resume across requeues.** The submitted ``resume=`` applies to the job's first start; every requeue
 (``SLURM_RESTART_COUNT`` > 0) must continue the job's own progress. With ``resume=auto`` (the default) the
@@ -53,8 +53,8 @@ from rest_lightning.train_config import validate_train_config
 log = logging.getLogger(__name__)
 
 JOB_ID_ENV = "SLURM_JOB_ID"
-# launch/requeue.py's handler of this signal writes hpc_ckpt_N.ckpt and requeues; SLURM sends it cluster.signal_lead_s
-# (DESIGN §7: 90 s) before the time limit, as --signal=SIGUSR1@LEAD.
+# launch/requeue.py's handler of this signal writes hpc_ckpt_N.ckpt and requeues; SLURM sends it
+# cluster.signal_lead_s (DESIGN §7: 90 s) before the time limit, as --signal=SIGUSR1@LEAD.
 REQUEUE_SIGNAL = "SIGUSR1"
 # slurmctld tests time limits every 30 s and sends the signal when the lead will have been reached by the next
 # test, so it arrives between LEAD and LEAD + 60 s before the limit (sbatch(1), --signal).
