@@ -432,8 +432,9 @@ def write_side_by_side(path: Path, videos: Sequence[Tensor], audio: np.ndarray, 
 
     n = max(v.shape[0] for v in videos)
     frames = torch.cat([torch.nn.functional.pad(v, (0, 0, 0, 0, 0, 0, 0, n - v.shape[0])) for v in videos], dim=-1)
-    frames = torch.nn.functional.interpolate(frames, scale_factor=scale, mode="nearest")
-    uint8 = ((frames.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    # to uint8 first, then the nearest-neighbour upscale as a repeat: 16x fewer float pixels to convert
+    uint8 = ((frames.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1)  # (T, H, W', 3)
+    uint8 = uint8.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2).numpy()
     spf = sample_rate // fps
     path.write_bytes(encode_mp4(uint8, fps, audio=audio[: n * spf], sample_rate=sample_rate))
 

@@ -314,17 +314,40 @@ def identity_features(video: Tensor, config: IdentityConfig | None = None) -> Te
     ys, xs = _box((h, w), cfg.skin.skin_box)
     skin = np.median(frames[:, ys, xs].reshape(t, -1, 3), axis=1)
     face = np.linalg.norm(frames - row_background[:, :, None, :], axis=-1) > cfg.face_threshold  # (T, H, W)
-    boxes = np.zeros((t, 2))
-    for i, mask in enumerate(face):
-        rows, cols = np.nonzero(mask)
-        if len(rows):
-            q = (cfg.face_quantile, 1.0 - cfg.face_quantile)
-            boxes[i] = (
-                np.subtract(*np.quantile(cols, q)[::-1]) / w,
-                np.subtract(*np.quantile(rows, q)[::-1]) / h,
-            )
+    q = cfg.face_quantile
+    boxes = np.stack([_index_spread(face.sum(axis=1), q) / w, _index_spread(face.sum(axis=2), q) / h], axis=1)
     colours = np.concatenate([top, bottom, skin], axis=1) / UINT8_MAX
     return torch.from_numpy(np.concatenate([colours, boxes], axis=1))
+
+
+def _index_spread(counts: np.ndarray, q: float) -> np.ndarray:
+    """``np.quantile(i, 1 - q) - np.quantile(i, q)`` (numpy's default, linear) of the indices ``i`` of each
+    frame's face pixels along one axis, from their histogram ``counts (T, L)``; 0 for a frame without any.
+
+    The same arithmetic as numpy's, vectorised over frames (the per-frame ``np.nonzero`` + ``np.quantile``
+    loop was a tenth of a SynthTalk evaluation); ``test_index_spread_equals_numpy_quantile`` checks equality.
+    """
+    cumulative = np.cumsum(counts, axis=1)  # (T, L)
+    n = cumulative[:, -1]
+
+    def quantile(p: float) -> np.ndarray:
+        virtual = (n - 1) * p  # float64
+        previous = np.floor(virtual).astype(np.int64)
+        following = previous + 1
+        last = virtual >= n - 1
+        previous[last] = following[last] = (n - 1)[last]
+        gamma = virtual - previous
+
+        def value(k: np.ndarray) -> np.ndarray:  # the k-th smallest index: bins whose cumulative count is <= k
+            return (cumulative <= k[:, None]).sum(axis=1)
+
+        a, b = value(previous), value(following)
+        diff = b - a
+        # numpy's _lerp: a + diff * gamma, or b - diff * (1 - gamma) where gamma >= 0.5
+        return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+
+    spread = quantile(1.0 - q) - quantile(q)
+    return np.where(n > 0, spread, 0.0)
 
 
 def clip_identity(video: Tensor, config: IdentityConfig | None = None) -> Tensor:

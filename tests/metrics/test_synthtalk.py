@@ -208,3 +208,36 @@ def test_drift_rule_holds_for_one_face_and_fails_when_the_face_changes(clips, ca
     changed = torch.cat([c.video for c in own[:-1]] + [other[0].video])
     broken = drift(changed, own[0].ref, different_median, window_s=window_s)
     assert not broken.holds and broken.distances[-1] > broken.limit
+
+
+def test_index_spread_equals_numpy_quantile(clips):
+    """The face box's vectorised quantile spread is numpy's per-frame ``np.quantile`` to the bit: on random
+    masks (empty, one pixel, full rows) and on the corpus's own face masks, both axes."""
+    from rest_lightning.metrics.synthtalk import _index_spread
+
+    def reference(masks: np.ndarray, q: float) -> np.ndarray:
+        out = np.zeros((len(masks), 2))
+        for i, mask in enumerate(masks):
+            rows, cols = np.nonzero(mask)
+            if len(rows):
+                out[i] = (np.subtract(*np.quantile(cols, (q, 1.0 - q))[::-1]),
+                          np.subtract(*np.quantile(rows, (q, 1.0 - q))[::-1]))
+        return out
+
+    def spread(masks: np.ndarray, q: float) -> np.ndarray:
+        return np.stack([_index_spread(masks.sum(axis=1), q), _index_spread(masks.sum(axis=2), q)], axis=1)
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((200, 32, 24)) < rng.random((200, 1, 1)) ** 3  # densities from ~0 to ~1
+    masks[0] = False
+    masks[1] = False
+    masks[1, 5, 7] = True
+    masks[2] = False
+    masks[2, 3:9] = True
+    video = torch.cat([c.video for c in clips])
+    frames = ((video.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round()
+    faces = np.linalg.norm(frames - frames[:, :, :1], axis=-1) > 40.0  # far from the left column's colour
+    for q in (0.02, 0.1, 0.25, 0.5):
+        np.testing.assert_array_equal(spread(masks, q), reference(masks, q))
+        np.testing.assert_array_equal(spread(faces, q), reference(faces, q))
+    assert reference(faces, 0.02).min() > 0, "the corpus masks hold faces"
