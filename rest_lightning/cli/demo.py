@@ -101,9 +101,10 @@ def _train_and_score(cfg: DictConfig, seed: int, shards: Path, out: Path, tag: s
         "encode.progress=false",
     ]))
 
-    log.info("[demo 5/7] stage 2: the audio-to-video teacher, %d steps%s", cfg.teacher_steps, named)
+    log.info("[demo 5/7] stage 2: the audio-to-video teacher, %d steps at lr %g%s", cfg.teacher_steps, cfg.teacher_lr,
+             named)
     teacher = _train("synthtalk_teacher", runs / "teacher", cfg.teacher_steps, seed, f"data.cfg.root={latents}",
-                     clip, f"stage.vae_checkpoint={vae.last_checkpoint}")
+                     clip, f"stage.vae_checkpoint={vae.last_checkpoint}", f"stage.optim.lr={cfg.teacher_lr}")
     outputs["teacher checkpoint"] = teacher.last_checkpoint
 
     students = {"student": []} | (ABLATIONS if cfg.ablations else {})
