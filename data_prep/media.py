@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
+from rest_lightning.data.codecs import frame_to_rgb
+
 _TIME_EPS = 1e-6  # seconds; float pts arithmetic tolerance when matching output times to frames
 
 
@@ -152,7 +154,7 @@ def iter_video(path: str | bytes, fps: int, frames: int) -> Iterator[tuple[int, 
             for j, frame in resample_video(container.decode(video), fps):
                 if j >= frames:
                     break
-                yield j, frame.to_ndarray(format="rgb24")
+                yield j, frame_to_rgb(frame)
         except av.FFmpegError as err:
             raise MediaError("decode", f"decoding failed ({type(err).__name__}: {err})") from err
     finally:

@@ -211,6 +211,7 @@ def read_video_frames(path: Path, fps: int) -> np.ndarray:
     import av
 
     from data_prep.media import resample_video
+    from rest_lightning.data.codecs import frame_to_rgb
 
     if not path.is_file():
         raise ManifestError(f"video {path} does not exist")
@@ -220,7 +221,7 @@ def read_video_frames(path: Path, fps: int) -> np.ndarray:
                 raise ManifestError(f"{path} has no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            frames = [frame.to_ndarray(format="rgb24") for _, frame in resample_video(container.decode(stream), fps)]
+            frames = [frame_to_rgb(frame) for _, frame in resample_video(container.decode(stream), fps)]
     except av.FFmpegError as err:
         raise ManifestError(f"{path} cannot be decoded: {err}") from None
     if not frames:

@@ -107,6 +107,18 @@ def encode_mp4(
     return buf.getvalue()
 
 
+def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded video frame as ``(H, W, 3)`` uint8 RGB, converted by swscale on the calling thread.
+
+    ``threads=1``: PyAV (>= 17) converts with a pool of swscale slice threads by default, and PyAV 18.1.1
+    reuses that converter in a forked child, whose copy of the pool has no threads: a DataLoader worker forked
+    after the parent process decoded a video waited for ever (``test_two_ranks_read_disjoint_val_samples...``
+    hung in CI). One thread costs nothing at these frame sizes and gives the same pixels. 18.1.1 still
+    segfaulted in a worker after that, so constraints.txt pins av 18.1.0; this keeps a later version from hanging.
+    """
+    return frame.to_ndarray(format="rgb24", threads=1)
+
+
 def decode_mp4(data: bytes) -> np.ndarray:
     """Decode every frame of the first video stream: ``(T, H, W, 3)`` uint8 RGB.
 
@@ -118,7 +130,7 @@ def decode_mp4(data: bytes) -> np.ndarray:
                 raise ValueError("no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            frames = [frame_to_rgb(f) for f in container.decode(stream)]
     except av.FFmpegError as err:
         raise ValueError(f"cannot decode mp4 bytes: {err}") from err
     if not frames:

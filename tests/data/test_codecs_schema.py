@@ -50,3 +50,29 @@ def test_clip_record_roundtrip_and_key_is_tar_safe():
     assert rec.start_sample == 66 * 640
     key = sample_key("a.b/c", 3)
     assert "." not in key and "/" not in key and key.endswith("000003")
+
+
+def _decode_shape(data: bytes) -> tuple[int, ...]:
+    return decode_mp4(data).shape
+
+
+def test_a_forked_child_decodes_after_its_parent_did():
+    """A DataLoader worker is a forked child of a process that has usually decoded video already. PyAV 18.1.1
+    reuses the parent's threaded swscale converter in the child, whose pool has no threads: the child's
+    first frame conversion waited for ever. ``frame_to_rgb`` converts on one thread; the pixels are the same
+    as the threaded default's."""
+    import io
+    import multiprocessing
+
+    import av
+
+    from rest_lightning.data.codecs import frame_to_rgb
+
+    frames = (np.random.default_rng(0).random((9, 48, 64, 3)) * 255).astype(np.uint8)
+    data = encode_mp4(frames, fps=25)
+    parent = decode_mp4(data)  # the parent decodes first, as the main process does before workers start
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_decode_shape, (data,)).get(timeout=120) == parent.shape
+    with av.open(io.BytesIO(data)) as container:
+        for frame in container.decode(video=0):
+            np.testing.assert_array_equal(frame_to_rgb(frame), frame.to_ndarray(format="rgb24"))
